@@ -1,0 +1,83 @@
+"""The embedded default model: a CIFAR-style ResNet-20 for 1x28x28 input, and its checkpoint."""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ArtifactError
+
+DEFAULT_CHECKPOINT = "resnet20_fashion.pt"
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    """3 stages x 3 basic blocks, 16/32/64 channels, global average pooling, one linear layer."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        blocks: list[nn.Module] = []
+        cin = 16
+        for i, cout in enumerate((16, 32, 64)):
+            stage = [BasicBlock(cin, cout, 1 if i == 0 else 2)] + [BasicBlock(cout, cout, 1) for _ in range(2)]
+            blocks.append(nn.Sequential(*stage))
+            cin = cout
+        self.layer1, self.layer2, self.layer3 = blocks
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def resnet20(in_channels: int = 1, num_classes: int = 10) -> ResNet20:
+    return ResNet20(in_channels, num_classes)
+
+
+def default_checkpoint_path() -> Path:
+    return Path(str(resources.files("hawq") / "assets" / DEFAULT_CHECKPOINT))
+
+
+def load_default_model() -> ResNet20:
+    """The embedded ResNet-20 trained on Fashion-MNIST (FP32, eval mode)."""
+    return load_checkpoint(resnet20(), default_checkpoint_path())
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"checkpoint {path} not found; give the path of a saved state_dict")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or not a torch file
+        raise ArtifactError(f"cannot read checkpoint {path} ({e.__class__.__name__}); is it a torch.save'd state_dict?") from e
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise ArtifactError(f"checkpoint {path} does not fit the model: {first}") from e
+    return model.eval()

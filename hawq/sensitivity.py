@@ -1,0 +1,169 @@
+"""Profile: per-layer Hessian traces and Ω_l(b) = Tr(H_l)/n_l · ‖Q_b(W_l) − W_l‖²; JSON I/O."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from . import quant
+from .artifacts import fingerprint_obj, fingerprint_tensors, read_json, write_json
+from .errors import ArtifactError, DataError
+from .graph import trace_layers
+from .hessian import hutchinson_traces
+from .rewrite import fold_bn
+
+log = logging.getLogger(__name__)
+FORMAT, VERSION = "profile", 1
+DEFAULT_BITS = (2, 4, 8)
+
+
+@dataclass(frozen=True)
+class LayerProfile:
+    name: str
+    kind: str
+    weight_shape: tuple[int, ...]
+    params: int
+    macs: int
+    trace: float  # mean of the per-probe estimates of Tr(H_l)
+    trace_se: float  # standard error of that mean
+    probes: int
+    sq_error: dict[int, float]  # bits -> ‖Q_b(W) − W‖²
+    omega: dict[int, float]  # bits -> Tr(H)/n · ‖Q_b(W) − W‖² (trace clamped at 0)
+
+    @property
+    def rel_se(self) -> float:
+        return self.trace_se / abs(self.trace) if self.trace else math.inf
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        return (self.trace - 1.96 * self.trace_se, self.trace + 1.96 * self.trace_se)
+
+
+@dataclass(frozen=True)
+class Profile:
+    layers: tuple[LayerProfile, ...]  # execution order: first is the input layer, last the output
+    bits: tuple[int, ...]
+    groups: tuple[tuple[str, ...], ...] = ()
+    unconverged: tuple[str, ...] = ()
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        names = [l.name for l in self.layers]
+        if not names:
+            raise ArtifactError("a profile needs at least one layer")
+        if len(set(names)) != len(names):
+            raise ArtifactError("a profile has duplicate layer names")
+        for l in self.layers:
+            if set(l.omega) != set(self.bits):
+                raise ArtifactError(f"layer {l.name} has Ω for bits {sorted(l.omega)}, expected {sorted(self.bits)}")
+
+    @property
+    def names(self) -> list[str]:
+        return [l.name for l in self.layers]
+
+    def layer(self, name: str) -> LayerProfile:
+        for l in self.layers:
+            if l.name == name:
+                return l
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["format"] = f"hawq.{FORMAT}/{VERSION}"
+        for l in d["layers"]:
+            l["omega"] = {str(k): v for k, v in l["omega"].items()}
+            l["sq_error"] = {str(k): v for k, v in l["sq_error"].items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Profile":
+        try:
+            layers = tuple(
+                LayerProfile(
+                    name=l["name"], kind=l["kind"], weight_shape=tuple(l["weight_shape"]), params=int(l["params"]),
+                    macs=int(l["macs"]), trace=float(l["trace"]), trace_se=float(l["trace_se"]), probes=int(l["probes"]),
+                    sq_error={int(k): float(v) for k, v in l["sq_error"].items()},
+                    omega={int(k): float(v) for k, v in l["omega"].items()},
+                )
+                for l in d["layers"]
+            )
+            return cls(
+                layers=layers, bits=tuple(int(b) for b in d["bits"]), groups=tuple(tuple(g) for g in d.get("groups", ())),
+                unconverged=tuple(d.get("unconverged", ())), fingerprints=dict(d.get("fingerprints", {})),
+                settings=dict(d.get("settings", {})), seconds=float(d.get("seconds", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArtifactError(f"malformed profile ({e.__class__.__name__}: {e}); regenerate it with `hawq profile`") from e
+
+    def save(self, path: str | Path) -> Path:
+        return write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Profile":
+        return cls.from_dict(read_json(path, FORMAT, VERSION))
+
+
+def omega_table(trace: float, sq_error: dict[int, float], params: int) -> dict[int, float]:
+    return {b: max(trace, 0.0) / params * e for b, e in sq_error.items()}
+
+
+def profile(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    data: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    bits: Iterable[int] = DEFAULT_BITS,
+    *,
+    rel_tol: float = 0.05,
+    max_probes: int = 200,
+    min_probes: int = 8,
+    seed: int = 0,
+    weight_method: str = "mse",
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> Profile:
+    """Per-layer Hessian traces (Hutchinson, Rademacher probes over all layers at once) and Ω(b).
+
+    BatchNorm is folded first (eval mode), so traces and quantization errors refer to the same
+    folded weights the rewriter quantizes. The caller's model is not changed.
+    """
+    t0 = time.time()
+    bits = tuple(sorted({int(b) for b in bits}))
+    for b in bits:
+        quant.weight_qmax(b)
+    batches = [(x.to(device), y.to(device)) for x, y in data]
+    if not batches or sum(len(y) for _, y in batches) == 0:
+        raise DataError("profile data is empty; give at least one (input, target) batch")
+    folded = fold_bn(model).to(device).eval()
+    graph = trace_layers(folded, batches[0][0][:1])
+    mods = dict(folded.named_modules())
+    weights = {l.name: mods[l.name].weight for l in graph.layers}
+    sq = {n: {b: quant.weight_sq_error(w, b, weight_method) for b in bits} for n, w in weights.items()}
+    importance = {n: sq[n][bits[0]] / weights[n].numel() for n in weights}
+    est = hutchinson_traces(folded, loss_fn, batches, weights, importance=importance, rel_tol=rel_tol,
+                            max_probes=max_probes, min_probes=min_probes, seed=seed, progress=progress)
+    layers = []
+    for l in graph.layers:
+        e = est.layers[l.name]
+        if not math.isfinite(e.mean):
+            log.warning("layer %s: Hessian trace is not finite (%s); its Ω is set to 0", l.name, e.mean)
+        elif e.mean < 0:
+            log.warning("layer %s: negative Hessian trace %.3g ± %.2g (non-convex); Ω clamped to 0", l.name, e.mean, e.se)
+        tr = e.mean if math.isfinite(e.mean) else 0.0
+        layers.append(LayerProfile(l.name, l.kind, l.weight_shape, l.params, l.macs, e.mean, e.se, e.n, sq[l.name],
+                                   omega_table(tr, sq[l.name], l.params)))
+    settings = {"rel_tol": rel_tol, "max_probes": max_probes, "min_probes": min_probes, "seed": seed,
+                "weight_method": weight_method, "bits": list(bits), "engine": est.engine}
+    fingerprints = {
+        "weights": fingerprint_tensors({k: v for k, v in model.state_dict().items()}),
+        "data": fingerprint_tensors({f"{i}.{j}": t for i, b in enumerate(batches) for j, t in enumerate(b)}),
+        "settings": fingerprint_obj(settings),
+    }
+    return Profile(tuple(layers), bits, graph.groups, tuple(est.unconverged), fingerprints, settings, time.time() - t0)
