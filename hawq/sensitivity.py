@@ -128,11 +128,14 @@ def profile(
     weight_method: str = "mse",
     device: str | torch.device = "cpu",
     progress: bool = False,
+    cache: str | Path | None = None,
 ) -> Profile:
     """Per-layer Hessian traces (Hutchinson, Rademacher probes over all layers at once) and Ω(b).
 
     BatchNorm is folded first (eval mode), so traces and quantization errors refer to the same
-    folded weights the rewriter quantizes. The caller's model is not changed.
+    folded weights the rewriter quantizes. The caller's model is not changed. With `cache`, a
+    profile saved there from the same weights, data and settings is loaded instead of recomputed,
+    and the new profile is saved there otherwise.
     """
     t0 = time.time()
     bits = tuple(sorted({int(b) for b in bits}))
@@ -141,6 +144,17 @@ def profile(
     batches = [(x.to(device), y.to(device)) for x, y in data]
     if not batches or sum(len(y) for _, y in batches) == 0:
         raise DataError("profile data is empty; give at least one (input, target) batch")
+    settings = {"rel_tol": rel_tol, "max_probes": max_probes, "min_probes": min_probes, "seed": seed,
+                "weight_method": weight_method, "bits": list(bits)}
+    fingerprints = {
+        "weights": fingerprint_tensors(dict(model.state_dict())),
+        "data": fingerprint_tensors({f"{i}.{j}": t for i, b in enumerate(batches) for j, t in enumerate(b)}),
+        "settings": fingerprint_obj(settings),
+    }
+    if cache is not None:
+        cached = _load_cached(Path(cache), fingerprints)
+        if cached is not None:
+            return cached
     folded = fold_bn(model).to(device).eval()
     graph = trace_layers(folded, batches[0][0][:1])
     mods = dict(folded.named_modules())
@@ -159,11 +173,24 @@ def profile(
         tr = e.mean if math.isfinite(e.mean) else 0.0
         layers.append(LayerProfile(l.name, l.kind, l.weight_shape, l.params, l.macs, e.mean, e.se, e.n, sq[l.name],
                                    omega_table(tr, sq[l.name], l.params)))
-    settings = {"rel_tol": rel_tol, "max_probes": max_probes, "min_probes": min_probes, "seed": seed,
-                "weight_method": weight_method, "bits": list(bits), "engine": est.engine}
-    fingerprints = {
-        "weights": fingerprint_tensors({k: v for k, v in model.state_dict().items()}),
-        "data": fingerprint_tensors({f"{i}.{j}": t for i, b in enumerate(batches) for j, t in enumerate(b)}),
-        "settings": fingerprint_obj(settings),
-    }
-    return Profile(tuple(layers), bits, graph.groups, tuple(est.unconverged), fingerprints, settings, time.time() - t0)
+    result = Profile(tuple(layers), bits, graph.groups, tuple(est.unconverged), fingerprints,
+                     {**settings, "engine": est.engine, "probes": est.probes}, time.time() - t0)
+    if cache is not None:
+        result.save(cache)
+    return result
+
+
+def _load_cached(path: Path, fingerprints: dict[str, str]) -> Profile | None:
+    if not path.is_file():
+        return None
+    try:
+        old = Profile.load(path)
+    except ArtifactError as e:
+        log.warning("ignoring the cached profile: %s", e)
+        return None
+    changed = [k for k, v in fingerprints.items() if old.fingerprints.get(k) != v]
+    if changed:
+        log.info("cached profile %s was made from other %s: recomputing", path, " and ".join(changed))
+        return None
+    log.info("using the cached profile %s (same weights, data and settings)", path)
+    return old

@@ -1,0 +1,134 @@
+"""`hawq run RECIPE`: profile → solve at each budget → quantize → evaluate → export → report."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from . import data as D
+from .artifacts import write_json
+from .errors import ConfigError
+from .models import default_checkpoint_path, load_checkpoint, resnet20
+from .onnx_export import ExportReport, export_onnx
+from .recipe import Recipe
+from .report import write_report
+from .rewrite import quantize
+from .sensitivity import Profile, profile
+from .solver import Budget, Plan, solve, uniform_plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str  # "fp32" | "uniform" | "mixed"
+    budget_bits: float | None  # the uniform bit width whose size the plan matches
+    accuracy: float
+    loss: float
+    weight_bytes: int
+    avg_bits: float
+    label: str
+
+
+@dataclass(frozen=True)
+class RunResult:
+    rows: list[Row]
+    plans: dict[str, Plan]
+    profile: Profile
+    export: ExportReport
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        v = self.export.verification
+        return {
+            "rows": [{"method": r.method, "budget_bits": r.budget_bits, "accuracy": r.accuracy,
+                      "weight_bytes": r.weight_bytes, "avg_bits": r.avg_bits} for r in self.rows],
+            "onnx": {"path": self.export.path, "file_bytes": self.export.file_bytes,
+                     "top1_agreement": v.top1_agreement if v else None, "max_abs_diff": v.max_abs_diff if v else None},
+            "seconds": self.seconds,
+        }
+
+
+def load_model(recipe: Recipe) -> torch.nn.Module:
+    if recipe.model != "resnet20":
+        raise ConfigError(f"model {recipe.model!r} is not known")
+    path = default_checkpoint_path() if recipe.checkpoint == "embedded" else Path(recipe.checkpoint)
+    return load_checkpoint(resnet20(), path)
+
+
+def load_data(recipe: Recipe):
+    """(calibration batches, evaluation dataset)."""
+    folder = None if recipe.data_dir == "embedded" else recipe.data_dir
+    if folder == "download":
+        x, y = D.load_split("test", "data", download=True)
+        cal = torch.utils.data.TensorDataset(x[: recipe.n_calibration], y[: recipe.n_calibration])
+        ev = torch.utils.data.TensorDataset(x[recipe.n_calibration :], y[recipe.n_calibration :])
+    else:
+        cal, ev = D.calibration_and_eval(folder, recipe.n_calibration)
+    return list(D.loader(cal, recipe.batch_size)), ev
+
+
+def budget_plans(prof: Profile, recipe: Recipe) -> list[tuple[float | None, Plan | None, Plan]]:
+    """For each recipe budget: (uniform bits or None, the uniform plan or None, the mixed plan)."""
+    pins = None if recipe.pin_first_last else {}
+    out = []
+    for b in recipe.budgets:
+        (kind, value), = b.items()
+        if kind == "uniform_bits":
+            uni = uniform_plan(prof, int(value), pins=pins)
+            budget = Budget(megabytes=uni.weight_bytes / 1e6)
+            out.append((float(value), uni, solve(prof, budget, bits=recipe.candidates, pins=pins)))
+        else:
+            out.append((None, None, solve(prof, Budget(**{kind: value}), bits=recipe.candidates, pins=pins)))
+    return out
+
+
+def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, log_fn=print) -> RunResult:
+    t0 = time.time()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(recipe.seed)
+    model = load_model(recipe)
+    batches, ev = load_data(recipe)
+    log_fn(f"profiling {len(batches)} calibration batches ...")
+    prof = profile(model, F.cross_entropy, batches, recipe.profile_bits, rel_tol=recipe.rel_tol,
+                   max_probes=recipe.max_probes, seed=recipe.seed, progress=progress, cache=out / "profile.json")
+    log_fn(f"profile: {len(prof.layers)} layers, {max(l.probes for l in prof.layers)} probes, {prof.seconds:.0f} s"
+           + (f", unconverged: {', '.join(prof.unconverged)}" if prof.unconverged else ""))
+    acc, loss = D.evaluate(model, ev)
+    n_params = sum(l.params for l in prof.layers)
+    rows = [Row("fp32", None, acc, loss, 4 * n_params, 32.0, "fp32")]
+    plans: dict[str, Plan] = {}
+    qmodels = {}
+    for bits, uni, mixed in budget_plans(prof, recipe):
+        for method, plan in (("uniform", uni), ("mixed", mixed)):
+            if plan is None:
+                continue
+            name = f"{method}_{bits:g}" if bits is not None else plan.label
+            plan.save(out / f"plan_{name}.json")
+            plans[name] = plan
+            q = quantize(model, plan, batches)
+            acc, loss = D.evaluate(q, ev)
+            qmodels[name] = q
+            rows.append(Row(method, bits, acc, loss, plan.weight_bytes, plan.avg_bits, name))
+            log_fn(f"{name:>12}: accuracy {acc:.4f}, {plan.weight_bytes / 1e6:.4f} MB, {plan.avg_bits:.2f} bits")
+    export_name = [k for k in plans if k.startswith("mixed")][recipe.export_budget]
+    report = export_onnx(qmodels[export_name], batches[0][0][:1], out / "model.onnx", opset=recipe.opset,
+                         verify_inputs=[x for x, _ in batches])
+    result = RunResult(rows, plans, prof, report, time.time() - t0)
+    write_json(out / "summary.json", result.summary())
+    write_report(out / "report.md", recipe.name, prof, plans, rows, report, export_name)
+    return result
+
+
+def table(rows: list[Row]) -> str:
+    lines = [f"{'method':<8} {'budget':>7} {'accuracy':>9} {'weight MB':>10} {'avg bits':>9}"]
+    for r in rows:
+        b = "-" if r.budget_bits is None else f"W{r.budget_bits:g}"
+        lines.append(f"{r.method:<8} {b:>7} {100 * r.accuracy:>8.2f}% {r.weight_bytes / 1e6:>10.4f} {r.avg_bits:>9.2f}")
+    return "\n".join(lines)

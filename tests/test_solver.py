@@ -1,0 +1,331 @@
+"""The bit-width ILP against brute force, budgets, pins, ties, and the plan artifact."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import re
+
+import pytest
+
+from hawq.errors import ArtifactError, ConfigError, InfeasibleBudgetError
+from hawq.sensitivity import LayerProfile, Profile
+from hawq.solver import (Budget, Plan, avg_bits_of, default_pins, plan_weight_bytes, profile_fingerprint, solve,
+                         uniform_plan)
+
+
+def make_profile(params: list[int], omega: list[dict[int, float]], bits: tuple[int, ...]) -> Profile:
+    layers = tuple(
+        LayerProfile(name=f"layer{i}.conv", kind="Conv2d", weight_shape=(p,), params=p, macs=p, trace=1.0,
+                     trace_se=0.0, probes=1, sq_error=dict(om), omega=dict(om))
+        for i, (p, om) in enumerate(zip(params, omega)))
+    return Profile(layers=layers, bits=bits, fingerprints={"weights": "w0", "data": "d0", "settings": "s0"})
+
+
+def decreasing_omega(rng: random.Random, bits: tuple[int, ...]) -> dict[int, float]:
+    """Ω falling with bits, at a random scale in 1e-8 .. 1e2."""
+    v, out = 10 ** rng.uniform(-8, 2), {}
+    for b in sorted(bits):
+        out[b] = v
+        v *= rng.uniform(0.02, 0.9)
+    return out
+
+
+def small_profile(bits: tuple[int, ...] = (2, 4, 8), n: int = 5, seed: int = 0) -> Profile:
+    rng = random.Random(seed)
+    return make_profile([rng.randint(50, 5000) for _ in range(n)], [decreasing_omega(rng, bits) for _ in range(n)],
+                        bits)
+
+
+def brute_force(profile: Profile, cand, pins, ties, limit_bits: int) -> tuple[float, dict[str, int]] | None:
+    """Least Σ Ω over every assignment obeying pins, ties and Σ params·b ≤ limit_bits (None: none fits)."""
+    names = [l.name for l in profile.layers]
+    options = [[pins[n]] if n in pins else list(cand) for n in names]
+    best = None
+    for combo in itertools.product(*options):
+        w = dict(zip(names, combo))
+        if any(len({w[n] for n in t}) > 1 for t in ties):
+            continue
+        if sum(l.params * w[l.name] for l in profile.layers) > limit_bits:
+            continue
+        obj = math.fsum(l.omega[w[l.name]] for l in profile.layers)
+        if best is None or obj < best[0]:
+            best = (obj, w)
+    return best
+
+
+def random_instance(rng: random.Random):
+    n = rng.randint(3, 6)
+    profile_bits = (2, 3, 4, 8)
+    cand = tuple(sorted(rng.sample(profile_bits, rng.randint(1, 4))))
+    params = [rng.choice([rng.randint(1, 60), rng.randint(100, 5000), 16 * rng.randint(1, 300)]) for _ in range(n)]
+    omegas = [decreasing_omega(rng, profile_bits) for _ in range(n)]
+    if rng.random() < 0.2:  # exact duplicates: several optimal plans
+        params[1], omegas[1] = params[0], dict(omegas[0])
+    profile = make_profile(params, omegas, profile_bits)
+    names = [l.name for l in profile.layers]
+    order = rng.sample(names, n)
+    ties, i = [], 0
+    for _ in range(rng.randint(0, 2)):
+        k = rng.randint(2, 3)
+        if i + k <= n:
+            ties.append(order[i:i + k])
+            i += k
+    pins: dict[str, int] = {}
+    for name in rng.sample(names, rng.randint(0, 2)):
+        tied = next((t for t in ties if name in t), [name])
+        pins[name] = next((pins[m] for m in tied if m in pins), rng.choice(cand))
+    return profile, cand, pins, ties
+
+
+def random_budget(rng: random.Random, profile: Profile, cand, pins, ties) -> tuple[Budget, int]:
+    """A random budget and its limit in bits (computed independently of the solver)."""
+    total = sum(l.params for l in profile.layers)
+    kind = rng.choice(["avg_bits", "megabytes", "ratio"])
+    if kind == "ratio":
+        fixed = dict(pins)
+        for t in ties:
+            pinned = [pins[m] for m in t if m in pins]
+            fixed.update({m: pinned[0] for m in t} if pinned else {})
+        lo = sum(l.params * fixed.get(l.name, cand[0]) for l in profile.layers)
+        hi = sum(l.params * fixed.get(l.name, cand[-1]) for l in profile.layers)
+        r = rng.random()
+        return Budget(ratio=r), math.floor(lo + r * (hi - lo))
+    avg = rng.uniform(cand[0] - 1.0, cand[-1] + 0.5)
+    if kind == "avg_bits":
+        return Budget(avg_bits=max(avg, 0.1)), math.floor(max(avg, 0.1) * total)
+    mb = max(avg, 0.1) * total / 8 / 1e6
+    return Budget(megabytes=mb), math.floor(mb * 1e6 * 8)
+
+
+def test_ilp_matches_brute_force_on_random_instances():
+    rng = random.Random(1234)
+    feasible = infeasible = 0
+    for _ in range(200):
+        profile, cand, pins, ties = random_instance(rng)
+        budget, limit = random_budget(rng, profile, cand, pins, ties)
+        best = brute_force(profile, cand, pins, ties, limit)
+        if best is None:
+            with pytest.raises(InfeasibleBudgetError):
+                solve(profile, budget, bits=cand, pins=pins, ties=ties)
+            infeasible += 1
+            continue
+        plan = solve(profile, budget, bits=cand, pins=pins, ties=ties)
+        feasible += 1
+        w = {l.name: l.w_bits for l in plan.layers}
+        assert plan.status == "Optimal"
+        assert math.isclose(plan.omega, best[0], rel_tol=1e-9, abs_tol=0.0), (plan.omega, best, w)
+        assert sum(l.params * w[l.name] for l in profile.layers) <= limit
+        assert all(w[n] == b for n, b in pins.items())
+        assert all(len({w[n] for n in t}) == 1 for t in ties)
+        assert set(w.values()) <= set(cand)
+        assert plan.weight_bytes == plan_weight_bytes(profile, w)
+    assert feasible >= 120 and infeasible >= 15, (feasible, infeasible)
+
+
+def test_tiny_and_huge_omega_scales_are_exact():
+    """Ω differences of 1e-8 next to Ω of 1e2: the cheap-to-upgrade tiny layer must still win."""
+    bits = (2, 4, 8)
+    omega = [{2: 100.0, 4: 99.0, 8: 98.0}, {2: 3e-8, 4: 2e-8, 8: 1e-8}, {2: 2e-8, 4: 1.5e-8, 8: 1.4e-8}]
+    profile = make_profile([10, 10, 10], omega, bits)
+    for limit_avg in (2.0, 3.4, 4.0, 5.4, 6.7, 8.0):
+        plan = solve(profile, Budget(avg_bits=limit_avg), pins={})
+        best = brute_force(profile, bits, {}, [], math.floor(limit_avg * 30))
+        assert math.isclose(plan.omega, best[0], rel_tol=1e-12), (limit_avg, plan.assignment(), best)
+
+
+def test_regression_cbc_sos_preprocessing():
+    """CBC's default preprocessing returned a plan with 4x the optimal Ω on this instance."""
+    bits = (2, 3, 4, 8)
+    omega = [
+        {2: 2.4217495711239613e-05, 3: 1.437837203666661e-05, 4: 9.740155622249301e-06, 8: 1.3296452518377894e-06},
+        {2: 2.4217495711239613e-05, 3: 1.437837203666661e-05, 4: 9.740155622249301e-06, 8: 1.3296452518377894e-06},
+        {2: 0.002122815805180354, 3: 0.0018964367924725137, 4: 0.0003393631515023967, 8: 0.00030004992381609647},
+        {2: 0.10076600593843985, 3: 0.032883655187977895, 4: 0.02903341371672562, 8: 0.0047632652837453614},
+        {2: 0.09422052796930286, 3: 0.07578597504144909, 4: 0.013550959250407932, 8: 0.011948194334489994},
+        {2: 1.557410852419011e-08, 3: 1.3738064618797024e-08, 4: 7.4442962000718055e-09, 8: 2.9175345936562506e-10},
+    ]
+    profile = make_profile([4624, 4624, 3376, 686, 4032, 4080], omega, bits)
+    pins, ties = {"layer3.conv": 8, "layer5.conv": 8}, [["layer2.conv", "layer3.conv"]]
+    plan = solve(profile, Budget(ratio=0.12142123963598173), bits=(3, 4, 8), pins=pins, ties=ties)
+    best = brute_force(profile, (3, 4, 8), pins, ties, 113038)
+    assert math.isclose(plan.omega, best[0], rel_tol=1e-9), (plan.assignment(), best)
+
+
+def test_budget_forms_agree_on_the_same_limit():
+    profile = small_profile(n=6, seed=3)
+    total = sum(l.params for l in profile.layers)
+    pins = default_pins(profile)
+    lo = sum(l.params * pins.get(l.name, 2) for l in profile.layers)
+    hi = sum(l.params * pins.get(l.name, 8) for l in profile.layers)
+    limit_bits = 8 * ((lo + hi) // 16)  # a whole number of bytes between the extremes
+    plans = [solve(profile, b) for b in (Budget(megabytes=limit_bits / 8 / 1e6), Budget(avg_bits=limit_bits / total),
+                                         Budget(ratio=(limit_bits - lo) / (hi - lo)))]
+    assert plans[0].assignment() == plans[1].assignment() == plans[2].assignment()
+    for p in plans:
+        assert p.budget["weight_bytes_limit"] == pytest.approx(limit_bits / 8, rel=1e-12)
+    assert Budget(avg_bits=4).weight_bytes_limit(profile, pins) == pytest.approx(total * 4 / 8)
+    assert Budget(megabytes=0.5).weight_bytes_limit(profile, {}) == 5e5
+
+
+def test_ratio_extremes():
+    profile = small_profile(n=5, seed=4)
+    first, last = profile.layers[0].name, profile.layers[-1].name
+    low = solve(profile, Budget(ratio=0.0)).assignment()
+    high = solve(profile, Budget(ratio=1.0)).assignment()
+    assert low[first] == low[last] == (8, 8) and high[first] == high[last] == (8, 8)
+    assert all(low[l.name][0] == 2 and high[l.name][0] == 8 for l in profile.layers[1:-1])
+    pinned4 = solve(profile, Budget(ratio=1.0), pins={first: 4}).assignment()
+    assert pinned4[first][0] == 4 and all(pinned4[l.name][0] == 8 for l in profile.layers[1:])
+    assert solve(profile, Budget(ratio=0.0), bits=(4, 8), pins={}).assignment()[first][0] == 4
+
+
+@pytest.mark.parametrize("kind", ["avg_bits", "megabytes"])
+def test_infeasible_budget_names_the_smallest_feasible_value(kind):
+    profile = small_profile(n=5, seed=5)
+    total = sum(l.params for l in profile.layers)
+    pins = default_pins(profile)
+    lo_bits = sum(l.params * pins.get(l.name, 2) for l in profile.layers)
+    exact = lo_bits / total if kind == "avg_bits" else lo_bits / 8 / 1e6
+    with pytest.raises(InfeasibleBudgetError) as e:
+        solve(profile, Budget(**{kind: exact * 0.9}))
+    m = re.search(rf"smallest feasible budget is {kind}=([0-9.eE+-]+)", str(e.value))
+    assert m, str(e.value)
+    named = float(m.group(1))
+    assert exact <= named <= exact * (1 + 1e-5)
+    for value in (exact, named):  # at the named value, and exactly at the minimum, a plan exists
+        plan = solve(profile, Budget(**{kind: value}))
+        assert sum(l.params * l.w_bits for l in plan.layers) == lo_bits
+    with pytest.raises(InfeasibleBudgetError):
+        solve(profile, Budget(**{kind: exact * (1 - 1e-6)}))
+
+
+def test_infeasible_with_pins_in_ties():
+    profile = small_profile(n=4, seed=6)
+    names = [l.name for l in profile.layers]
+    # layer 1 is tied to the pinned layer 0, so it is fixed at 8 bits too
+    lo_bits = sum(l.params * (8 if l.name in names[:2] else 2) for l in profile.layers)
+    total = sum(l.params for l in profile.layers)
+    with pytest.raises(InfeasibleBudgetError, match="smallest feasible"):
+        solve(profile, Budget(avg_bits=lo_bits / total * 0.99), pins={names[0]: 8}, ties=[names[:2]])
+    plan = solve(profile, Budget(avg_bits=lo_bits / total), pins={names[0]: 8}, ties=[names[:2]])
+    assert [l.w_bits for l in plan.layers] == [8, 8, 2, 2]
+    assert [l.pinned for l in plan.layers] == [True, False, False, False]
+
+
+def test_pins_and_ties_respected():
+    profile = small_profile(n=6, seed=7)
+    n = [l.name for l in profile.layers]
+    plan = solve(profile, Budget(ratio=0.5), pins={n[2]: 2, n[5]: 8}, ties=[[n[0], n[1]], [n[1], n[3]], [n[4], n[2]]])
+    a = {k: v[0] for k, v in plan.assignment().items()}
+    assert a[n[2]] == a[n[4]] == 2 and a[n[5]] == 8
+    assert a[n[0]] == a[n[1]] == a[n[3]]
+    assert plan.ties == ((n[0], n[1], n[3]), (n[2], n[4]))  # overlapping ties merged, profile order
+    assert plan.pins == {n[2]: 2, n[5]: 8}
+    assert all(v[1] == 8 for v in plan.assignment().values())
+    assert {l.name for l in plan.layers if l.pinned} == {n[2], n[5]}
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"pins": {"nope": 8}}, "nope"),
+    ({"pins": {"layer0.conv": 3}}, "candidate"),
+    ({"bits": (2, 4)}, "candidate"),  # default pins at 8 bits, 8 not a candidate
+    ({"bits": (2, 16)}, "subset"),
+    ({"bits": ()}, "subset"),
+    ({"ties": [["layer0.conv", "ghost"]]}, "ghost"),
+    ({"ties": ["layer0.conv"]}, "list of layer names"),
+    ({"pins": {"layer0.conv": 8, "layer1.conv": 2}, "ties": [["layer0.conv", "layer1.conv"]]}, "different"),
+    ({"a_bits": 0}, "a_bits"),
+    ({"time_limit": -1}, "time_limit"),
+])
+def test_bad_options_raise_config_error(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        solve(small_profile(), Budget(avg_bits=4.0), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({}, "exactly one"),
+    ({"avg_bits": 4.0, "megabytes": 1.0}, "exactly one"),
+    ({"avg_bits": -1.0}, "-1.0"),
+    ({"megabytes": 0.0}, "positive"),
+    ({"ratio": 1.5}, r"\[0, 1\]"),
+    ({"ratio": float("nan")}, "finite"),
+    ({"avg_bits": "4"}, "number"),
+])
+def test_bad_budget_raises_config_error(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        Budget(**kwargs)
+
+
+def test_plan_json_round_trip(tmp_path):
+    profile = small_profile(n=5, seed=8)
+    n = [l.name for l in profile.layers]
+    plan = solve(profile, Budget(ratio=0.4), ties=[[n[1], n[2]]])
+    path = plan.save(tmp_path / "sub" / "plan.json")
+    assert json.loads(path.read_text())["format"] == "hawq.plan/1"
+    loaded = Plan.load(path)
+    assert loaded == plan
+    assert loaded.assignment() == plan.assignment()
+    assert loaded.profile_fingerprint == profile_fingerprint(profile)
+    loaded.check_profile(profile)
+    other = make_profile([l.params for l in profile.layers], [dict(l.omega) for l in profile.layers], profile.bits)
+    object.__setattr__(other, "fingerprints", {"weights": "other"})
+    with pytest.raises(ArtifactError, match="another profile"):
+        loaded.check_profile(other)
+
+
+def _mutations(d):
+    yield {k: v for k, v in d.items() if k != "layers"}
+    yield {**d, "layers": [{**d["layers"][0], "w_bits": "4"}] + d["layers"][1:]}
+    yield {**d, "layers": [{k: v for k, v in d["layers"][0].items() if k != "params"}] + d["layers"][1:]}
+    yield {**d, "weight_bytes": d["weight_bytes"] + 1}
+    yield {**d, "layers": d["layers"] + d["layers"][:1]}
+    yield {**d, "pins": ["layer0.conv"]}
+    yield {**d, "layers": "none"}
+
+
+def test_malformed_or_foreign_plan_files_raise_artifact_error(tmp_path):
+    plan = solve(small_profile(), Budget(ratio=0.5))
+    d = plan.to_dict()
+    for i, bad in enumerate(_mutations(d)):
+        p = tmp_path / f"bad{i}.json"
+        p.write_text(json.dumps(bad))
+        with pytest.raises(ArtifactError, match="regenerate"):
+            Plan.load(p)
+    (tmp_path / "profile.json").write_text(json.dumps({**d, "format": "hawq.profile/1"}))
+    (tmp_path / "junk.json").write_text("{not json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    for name in ("profile.json", "junk.json", "list.json", "missing.json"):
+        with pytest.raises(ArtifactError):
+            Plan.load(tmp_path / name)
+
+
+def test_uniform_plan_sizes():
+    profile = small_profile(bits=(2, 3, 4, 8), n=5, seed=9)
+    names = [l.name for l in profile.layers]
+    plan = uniform_plan(profile, 3)
+    w = {l.name: l.w_bits for l in plan.layers}
+    assert w[names[0]] == w[names[-1]] == 8 and all(w[n] == 3 for n in names[1:-1])
+    bits = sum(l.params * w[l.name] for l in profile.layers)
+    assert plan.weight_bytes == -(-bits // 8)
+    assert plan.avg_bits == pytest.approx(bits / sum(l.params for l in profile.layers))
+    assert plan.avg_bits == avg_bits_of(profile, w)
+    assert plan.omega == pytest.approx(sum(l.omega[w[l.name]] for l in profile.layers))
+    assert plan.label == "uniform-w3" and plan.status == "Uniform"
+    assert [l.pinned for l in plan.layers] == [True, False, False, False, True]
+    assert all(l.w_bits == 4 for l in uniform_plan(profile, 4, pins={}).layers)
+    with pytest.raises(ConfigError, match="accepted"):
+        uniform_plan(profile, 5)
+    # the demo's comparison: profile (2, 3, 4, 8), uniform at 3 bits, mixed over (2, 4, 8) at that size
+    mixed = solve(profile, Budget(megabytes=plan.weight_bytes / 1e6), bits=(2, 4, 8))
+    assert mixed.weight_bytes <= plan.weight_bytes
+    assert {l.w_bits for l in mixed.layers} <= {2, 4, 8}
+    assert mixed.label.startswith("mixed@")
+
+
+def test_solve_is_deterministic_and_time_limit_accepted():
+    profile = small_profile(bits=(2, 3, 4, 8), n=6, seed=10)
+    a = solve(profile, Budget(ratio=0.37))
+    b = solve(profile, Budget(ratio=0.37), time_limit=30)
+    assert a.assignment() == b.assignment() and a.omega == b.omega and b.status == "Optimal"
