@@ -70,6 +70,8 @@ def load_data(recipe: Recipe):
         ev = torch.utils.data.TensorDataset(x[recipe.n_calibration :], y[recipe.n_calibration :])
     else:
         cal, ev = D.calibration_and_eval(folder, recipe.n_calibration)
+    if recipe.n_evaluation:
+        ev = torch.utils.data.TensorDataset(*(t[: recipe.n_evaluation] for t in ev.tensors))
     return list(D.loader(cal, recipe.batch_size)), ev
 
 

@@ -24,6 +24,7 @@ class Recipe:
     checkpoint: str = "embedded"  # "embedded" or a path to a state_dict
     data_dir: str = "embedded"  # "embedded", a folder with the IDX files, or "download"
     n_calibration: int = 1000
+    n_evaluation: int = 0  # evaluation images after the calibration ones; 0 = all the rest
     batch_size: int = 200
     profile_bits: tuple[int, ...] = (2, 3, 4, 8)
     rel_tol: float = 0.05
@@ -86,6 +87,7 @@ def load_recipe(path: str | Path) -> Recipe:
         checkpoint=_get(m, "checkpoint", str, "embedded", "model"),
         data_dir=_get(da, "folder", str, "embedded", "data"),
         n_calibration=_get(da, "calibration", int, 1000, "data"),
+        n_evaluation=_get(da, "evaluation", int, 0, "data"),
         batch_size=_get(da, "batch_size", int, 200, "data"),
         profile_bits=_get(pr, "bits", tuple, (2, 3, 4, 8), "profile"),
         rel_tol=_number(pr, "rel_tol", 0.05, "profile"),
@@ -101,6 +103,8 @@ def load_recipe(path: str | Path) -> Recipe:
         raise ConfigError(f"solve.candidates {list(r.candidates)} must be a subset of profile.bits {list(r.profile_bits)}")
     if not 0 <= r.export_budget < len(r.budgets):
         raise ConfigError(f"export.budget_index must be in 0..{len(r.budgets) - 1}, not {r.export_budget}")
+    if r.n_evaluation < 0:
+        raise ConfigError(f"data.evaluation must be >= 0 (0: all remaining images), not {r.n_evaluation}")
     if r.batch_size < 1 or r.max_probes < 2:
         raise ConfigError("data.batch_size must be >= 1 and profile.max_probes >= 2")
     return r
