@@ -1,0 +1,46 @@
+"""Run an exported model in ONNX Runtime (CPU): top-1 accuracy on the embedded Fashion-MNIST
+evaluation images and median latency at a given batch size.
+
+    python export/run_ort.py out/demo/model.onnx [--batch 1] [--repeats 50]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+from hawq.data import calibration_and_eval
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("--batch", type=int, default=1, help="batch size for the latency measurement")
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: ONNX Runtime's default)")
+    a = p.parse_args()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = a.threads
+    sess = ort.InferenceSession(a.model, so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    _, ev = calibration_and_eval()
+    x, y = ev.tensors[0].numpy(), ev.tensors[1].numpy()
+    correct = sum(int((sess.run(None, {name: x[i:i + 500]})[0].argmax(1) == y[i:i + 500]).sum()) for i in range(0, len(y), 500))
+    xb = x[: a.batch]
+    for _ in range(5):
+        sess.run(None, {name: xb})
+    times = []
+    for _ in range(a.repeats):
+        t = time.perf_counter()
+        sess.run(None, {name: xb})
+        times.append(time.perf_counter() - t)
+    print(json.dumps({"model": a.model, "accuracy": correct / len(y), "images": len(y), "batch": a.batch,
+                      "median_ms": 1000 * statistics.median(times), "providers": sess.get_providers()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Profile: Ω(b) = Tr(H)/n · ‖Q_b(W) − W‖², JSON round trip, caching, errors."""
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from hawq import quant
+from hawq.errors import ArtifactError, DataError, NumericalError
+from hawq.sensitivity import Profile, profile
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 8, 3, stride=2), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(8 * 2 * 2, 3)).eval()
+
+
+def batches(n=2):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(n)]
+
+
+def test_omega_formula_and_monotone_in_bits():
+    m = small_cnn()
+    p = profile(m, F.cross_entropy, batches(), bits=(2, 3, 4, 8), max_probes=30, rel_tol=0.0, weight_method="minmax")
+    assert [l.name for l in p.layers] == ["0", "3", "6"]
+    folded_first = m[0].weight * (m[1].weight / torch.sqrt(m[1].running_var + m[1].eps)).reshape(-1, 1, 1, 1)
+    l0 = p.layers[0]
+    assert l0.sq_error[4] == pytest.approx(quant.weight_sq_error(folded_first, 4, "minmax"), rel=1e-5)
+    for l in p.layers:
+        assert l.probes == 30
+        for b, om in l.omega.items():
+            assert om == pytest.approx(max(l.trace, 0) / l.params * l.sq_error[b])
+        if l.trace > 0:
+            assert l.omega[2] > l.omega[3] > l.omega[4] > l.omega[8] > 0
+
+
+def test_round_trip_and_model_unchanged(tmp_path):
+    m = small_cnn()
+    before = copy.deepcopy(m.state_dict())
+    p = profile(m, F.cross_entropy, batches(1), bits=(2, 8), max_probes=4)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    p.save(tmp_path / "p.json")
+    q = Profile.load(tmp_path / "p.json")
+    assert q == p
+    d = json.loads((tmp_path / "p.json").read_text())
+    assert d["format"] == "hawq.profile/1" and set(d["fingerprints"]) == {"weights", "data", "settings"}
+
+
+def test_cache_hit_and_miss(tmp_path):
+    m = small_cnn()
+    path = tmp_path / "c.json"
+    a = profile(m, F.cross_entropy, batches(1), bits=(2, 8), max_probes=4, cache=path)
+    b = profile(m, F.cross_entropy, batches(1), bits=(2, 8), max_probes=4, cache=path)
+    assert a == b
+    c = profile(m, F.cross_entropy, batches(1), bits=(2, 8), max_probes=4, seed=1, cache=path)
+    assert c.fingerprints["settings"] != a.fingerprints["settings"]
+    assert Profile.load(path) == c
+
+
+def test_errors(tmp_path):
+    m = small_cnn()
+    with pytest.raises(DataError, match="empty"):
+        profile(m, F.cross_entropy, [], bits=(2, 8))
+    x, y = batches(1)[0]
+    with pytest.raises(NumericalError):
+        profile(m, F.cross_entropy, [(x * float("nan"), y)], bits=(2, 8))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "hawq.profile/1", "layers": [{"name": "x"}]}))
+    with pytest.raises(ArtifactError, match="malformed profile"):
+        Profile.load(bad)
