@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch.nn import functional as F
 
 import hawq
@@ -34,9 +36,14 @@ def _recipe(path: str | None) -> hawq.Recipe:
 def cmd_profile(a) -> None:
     r = _recipe(a.recipe)
     model, (batches, _) = hawq.load_model(r), hawq.load_data(r)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # under torchrun
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     prof = hawq.profile(model, F.cross_entropy, batches, a.bits or r.profile_bits, rel_tol=a.rel_tol or r.rel_tol,
                         max_probes=a.max_probes or r.max_probes, seed=r.seed if a.seed is None else a.seed,
+                        probes_per_batch=a.probes_per_batch or r.probes_per_batch, engine=a.engine,
                         progress=not a.quiet, cache=a.out)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
     print(f"{len(prof.layers)} layers, {prof.settings.get('probes')} probes, {prof.seconds:.1f} s -> {a.out}")
     for l in prof.layers:
         print(f"  {l.name:<24} trace {l.trace:>10.4g} ± {1.96 * l.trace_se:<9.2g} params {l.params}")
@@ -120,6 +127,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--rel-tol", type=float, help="target relative standard error of each significant layer")
     s.add_argument("--max-probes", type=int, help="probe cap")
     s.add_argument("--seed", type=int)
+    s.add_argument("--probes-per-batch", type=int, help="Rademacher probes on each batch per round")
+    s.add_argument("--engine", default="auto", choices=("auto", "double_backward", "double_backward_batched", "jvp_vmap"),
+                   help="HVP engine; auto times one probe of each and keeps the fastest")
     s.set_defaults(fn=cmd_profile)
 
     s = sub.add_parser("solve", help="per-layer bits under a weight budget (ILP) -> plan.json")

@@ -2,22 +2,35 @@
 
 One Rademacher vector v is drawn over all quantizable weights at once; Hv is computed once and
 vᵀHv is split per layer: E[v_lᵀ(Hv)_l] = Tr(H_ll), the cross-layer terms vanish in expectation.
-Probes cycle over the data batches, so the mean estimates the trace of the average Hessian and
-its standard error covers both probe and batch noise.
+
+Work is organised in *rounds*: one pass over the data batches, `probes_per_batch` probes on each.
+The probes of step s (batch s mod B) come from a generator seeded by (seed, s), so the samples do
+not depend on the engine, on how many processes share the rounds, or on where a run was
+interrupted: a resumed or distributed run reproduces the single-process result. Per-layer sums
+(n, Σx, Σx²) are all-reduced across processes after each round; the run stops after a round in
+which every significant layer (≥ 1% of Ω) has relative standard error ≤ rel_tol, or at the cap.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.func import functional_call, grad, jvp, vmap
 from tqdm.auto import tqdm
 
 from .errors import NumericalError
 
-HVP = Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]]
+log = logging.getLogger(__name__)
+# hvp(V): V is a list (one per weight) of k stacked probes [k, *shape]; returns H·V likewise.
+BatchedHVP = Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]]
+ENGINES = ("double_backward", "double_backward_batched", "jvp_vmap")
 
 
 @dataclass(frozen=True)
@@ -33,41 +46,157 @@ class TraceResult:
     unconverged: tuple[str, ...]  # significant layers whose relative standard error missed the target
     engine: str
     probes: int
+    rounds: int
 
 
-def double_backward_hvp(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, params: Sequence[torch.Tensor]) -> HVP:
-    """Hessian-vector products on one batch by double backward, the gradient graph kept for reuse."""
+@dataclass
+class TraceState:
+    """Running per-layer sums; the whole state of a run, so it can be checkpointed and resumed."""
+
+    names: list[str]
+    n: int = 0
+    sums: list[float] = field(default_factory=list)
+    sq: list[float] = field(default_factory=list)
+    rounds: int = 0
+
+    def __post_init__(self) -> None:
+        self.sums = self.sums or [0.0] * len(self.names)
+        self.sq = self.sq or [0.0] * len(self.names)
+
+    def estimates(self) -> dict[str, TraceEstimate]:
+        out = {}
+        for i, name in enumerate(self.names):
+            mean = self.sums[i] / self.n if self.n else math.nan
+            var = (self.sq[i] - self.n * mean * mean) / (self.n - 1) if self.n > 1 else math.inf
+            out[name] = TraceEstimate(mean, math.sqrt(max(var, 0.0) / self.n) if self.n > 1 else math.inf, self.n)
+        return out
+
+    def to_dict(self) -> dict:
+        return {"names": self.names, "n": self.n, "sums": self.sums, "sq": self.sq, "rounds": self.rounds}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TraceState":
+        return cls(list(d["names"]), int(d["n"]), [float(x) for x in d["sums"]], [float(x) for x in d["sq"]], int(d["rounds"]))
+
+
+# ------------------------------------------------------------------------------------------ engines
+
+def _loss(model, loss_fn, x, y) -> torch.Tensor:
     loss = loss_fn(model(x), y)
     if not torch.isfinite(loss):
         raise NumericalError(f"the loss is {loss.item()} on a profiling batch; check the model, data and loss function")
-    grads = torch.autograd.grad(loss, params, create_graph=True)
+    return loss
 
-    def hvp(vs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
-        return torch.autograd.grad(grads, params, vs, retain_graph=True)
+
+def double_backward(model, loss_fn, x, y, params) -> BatchedHVP:
+    """PyHessian's method: gradient graph built once per batch, one backward per probe."""
+    grads = torch.autograd.grad(_loss(model, loss_fn, x, y), params, create_graph=True)
+
+    def hvp(vs):
+        cols = [torch.autograd.grad(grads, params, [v[j] for v in vs], retain_graph=True) for j in range(len(vs[0]))]
+        return [torch.stack(c) for c in zip(*cols)]
 
     return hvp
 
 
-class _Welford:
-    def __init__(self) -> None:
-        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+def double_backward_batched(model, loss_fn, x, y, params) -> BatchedHVP:
+    """The same graph, all k probes in one vmapped backward (`is_grads_batched`)."""
+    grads = torch.autograd.grad(_loss(model, loss_fn, x, y), params, create_graph=True)
+    return lambda vs: torch.autograd.grad(grads, params, list(vs), retain_graph=True, is_grads_batched=True)
 
-    def add(self, x: float) -> None:
-        self.n += 1
-        d = x - self.mean
-        self.mean += d / self.n
-        self.m2 += d * (x - self.mean)
 
-    @property
-    def se(self) -> float:
-        return math.sqrt(self.m2 / (self.n - 1) / self.n) if self.n > 1 else math.inf
+def jvp_vmap(model, loss_fn, x, y, params) -> BatchedHVP:
+    """Forward-over-reverse: jvp of grad over functional_call, vmapped over the k probes."""
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    if any(id(p) not in by_id for p in params):
+        raise ValueError("jvp_vmap needs the weights to be parameters of the model")
+    keys = [by_id[id(p)] for p in params]
+    fixed = {n: p.detach() for n, p in model.named_parameters() if n not in keys}
+    buffers = dict(model.named_buffers())
+    primals = tuple(p.detach() for p in params)
 
+    def loss_of(ws):
+        return loss_fn(functional_call(model, {**fixed, **buffers, **dict(zip(keys, ws))}, (x,)), y)
+
+    with torch.no_grad():
+        _loss(model, loss_fn, x, y)
+
+    def one(*v):
+        return jvp(grad(loss_of), (primals,), (tuple(v),))[1]
+
+    return lambda vs: vmap(one)(*vs)
+
+
+_ENGINE_FNS = {"double_backward": double_backward, "double_backward_batched": double_backward_batched, "jvp_vmap": jvp_vmap}
+
+
+@contextlib.contextmanager
+def hvp_context():
+    """Attention through the math kernel (fused SDPA kernels have no double backward)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # older torch
+        yield
+        return
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+def rademacher(params: Sequence[torch.Tensor], k: int, seed: int, step: int) -> list[torch.Tensor]:
+    """k probes for step `step`, the same on every process and engine."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return [(torch.randint(0, 2, (k, *p.shape), generator=gen, dtype=torch.int8) * 2 - 1).to(p.device, p.dtype) for p in params]
+
+
+def pick_engine(model, loss_fn, batch, params, k: int, engines: Sequence[str] = ENGINES) -> str:
+    """Time one k-probe HVP with each engine on `batch` and return the fastest that works.
+    An engine that fails (an op without a forward-mode or double-backward rule) is skipped, with
+    one log line saying which and why."""
+    x, y = batch
+    times = {}
+    vs = rademacher(params, k, 0, 0)
+    for name in engines:
+        try:
+            with hvp_context():
+                hvp = _ENGINE_FNS[name](model, loss_fn, x, y, params)
+                hvp(vs)  # warm-up
+                t = time.perf_counter()
+                _ = _ENGINE_FNS[name](model, loss_fn, x, y, params)(vs)
+                times[name] = time.perf_counter() - t
+        except NumericalError:
+            raise
+        except Exception as e:  # noqa: BLE001 — report and fall back to the next engine
+            log.warning("HVP engine %s unavailable for this model: %s: %s", name, e.__class__.__name__,
+                        str(e).splitlines()[0] if str(e) else "")
+    if not times:
+        raise RuntimeError("no HVP engine works for this model (see the warnings above)")
+    best = min(times, key=times.get)
+    log.info("HVP engine: %s (%s)", best, ", ".join(f"{n} {t:.3f}s" for n, t in times.items()))
+    return best
+
+
+# -------------------------------------------------------------------------------------- estimator
 
 def significant(means: Mapping[str, float], importance: Mapping[str, float], share: float = 0.01) -> list[str]:
     """Layers holding at least `share` of the total Ω = |trace| · importance."""
     omega = {n: abs(means[n]) * importance.get(n, 1.0) for n in means}
     total = sum(v for v in omega.values() if math.isfinite(v))
-    return [n for n, v in omega.items() if total > 0 and v >= share * total]
+    return [n for n, v in omega.items() if total > 0 and math.isfinite(v) and v >= share * total]
+
+
+def _rel(e: TraceEstimate) -> float:
+    return e.se / abs(e.mean) if e.mean and math.isfinite(e.mean) else math.inf
+
+
+def worst_rel_se(est: Mapping[str, TraceEstimate], importance: Mapping[str, float]) -> float:
+    sig = significant({n: e.mean for n, e in est.items()}, importance)
+    return max((_rel(est[n]) for n in sig), default=math.inf)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def hutchinson_traces(
@@ -82,51 +211,67 @@ def hutchinson_traces(
     min_probes: int = 8,
     probes_per_batch: int = 1,
     seed: int = 0,
+    engine: str = "double_backward",
+    state: TraceState | None = None,
+    on_round: Callable[[TraceState], None] | None = None,
     progress: bool = False,
 ) -> TraceResult:
-    """Estimate Tr(H_l) for each named weight. Stops once every significant layer (≥1% of Ω,
-    with Ω_l = |Tr| · importance_l) has relative standard error ≤ rel_tol, or at max_probes.
-    `model` must be in eval mode; it is not modified."""
+    """Estimate Tr(H_l) for each named weight.
+
+    Runs whole rounds (each batch once, `probes_per_batch` probes on each) until every
+    significant layer (Ω_l = |Tr| · importance_l ≥ 1% of the total) has relative standard error
+    ≤ rel_tol, with at least `min_probes` and at most `max_probes` (rounded up to whole rounds).
+    `engine`: one of ENGINES or "auto" (time one probe of each). `state`: resume from a
+    checkpoint; `on_round(state)` is called after each round (to checkpoint it). Under
+    torch.distributed, rounds are split across processes and the sums all-reduced. `model` must
+    be in eval mode; it is not modified."""
     if max_probes < 2:
         raise ValueError("max_probes must be at least 2 to estimate a standard error")
     names = list(weights)
     params = [weights[n] for n in names]
     importance = dict(importance or {})
-    stats = {n: _Welford() for n in names}
-    gen = torch.Generator().manual_seed(seed)
-    min_probes = min(max(min_probes, len(batches) * probes_per_batch), max_probes)
-    bar = tqdm(total=max_probes, desc="hessian probes", disable=not progress, leave=False)
-    probes, step = 0, 0
+    k = probes_per_batch
+    per_round = len(batches) * k
+    if engine == "auto":
+        engine = pick_engine(model, loss_fn, batches[0], params, k)
+    elif engine not in _ENGINE_FNS:
+        raise ValueError(f"engine must be 'auto' or one of {ENGINES}, not {engine!r}")
+    make = _ENGINE_FNS[engine]
+    state = state or TraceState(names)
+    if state.names != names:
+        raise ValueError("the checkpoint was made for other layers")
+    rank, world = _world()
+    max_rounds = max(1, math.ceil(max_probes / per_round))
+    min_rounds = max(1, math.ceil(min_probes / per_round))
+    bar = tqdm(total=max_rounds * per_round, initial=state.n, desc="hessian probes", disable=not progress or rank != 0,
+               leave=False, unit="probe")
     try:
-        while probes < max_probes:
-            x, y = batches[step % len(batches)]
-            step += 1
-            hvp = double_backward_hvp(model, loss_fn, x, y, params)
-            for _ in range(min(probes_per_batch, max_probes - probes)):
-                vs = [(torch.randint(0, 2, p.shape, generator=gen, dtype=p.dtype) * 2 - 1).to(p.device) for p in params]
-                hv = hvp(vs)
-                for n, v, h in zip(names, vs, hv):
-                    stats[n].add(float((v * h).sum()))
-                probes += 1
-            del hvp
-            worst = _worst(stats, importance)
-            bar.update(probes - bar.n)
-            bar.set_postfix(worst_rel_se=f"{worst:.3f}")
-            if probes >= min_probes and worst <= rel_tol:
+        while state.rounds < max_rounds:
+            if state.rounds >= min_rounds and worst_rel_se(state.estimates(), importance) <= rel_tol:
                 break
+            sums = torch.zeros(2, len(names), dtype=torch.float64)
+            for b in range(rank, len(batches), world):
+                step = state.rounds * len(batches) + b
+                x, y = batches[b]
+                vs = rademacher(params, k, seed, step)
+                with hvp_context():
+                    hv = make(model, loss_fn, x, y, params)(vs)
+                s = torch.stack([(v.double() * h.double()).flatten(1).sum(1) for v, h in zip(vs, hv)], 1)  # [k, L]
+                sums[0] += s.sum(0)
+                sums[1] += (s * s).sum(0)
+            if world > 1:
+                dist.all_reduce(sums)
+            state.n += per_round
+            state.sums = [a + float(b) for a, b in zip(state.sums, sums[0])]
+            state.sq = [a + float(b) for a, b in zip(state.sq, sums[1])]
+            state.rounds += 1
+            if on_round is not None and rank == 0:
+                on_round(state)
+            bar.update(per_round)
+            bar.set_postfix(worst_rel_se=f"{worst_rel_se(state.estimates(), importance):.3f}")
     finally:
         bar.close()
-    means = {n: s.mean for n, s in stats.items()}
-    sig = significant(means, importance)
-    unconverged = tuple(n for n in sig if _rel(stats[n]) > rel_tol)
-    return TraceResult({n: TraceEstimate(s.mean, s.se, s.n) for n, s in stats.items()}, unconverged,
-                       "double_backward", probes)
-
-
-def _rel(s: _Welford) -> float:
-    return s.se / abs(s.mean) if s.mean else math.inf
-
-
-def _worst(stats: Mapping[str, _Welford], importance: Mapping[str, float]) -> float:
-    sig = significant({n: s.mean for n, s in stats.items()}, importance)
-    return max((_rel(stats[n]) for n in sig), default=math.inf)
+    est = state.estimates()
+    sig = significant({n: e.mean for n, e in est.items()}, importance)
+    unconverged = tuple(n for n in sig if _rel(est[n]) > rel_tol)
+    return TraceResult(est, unconverged, engine, state.n, state.rounds)

@@ -29,6 +29,7 @@ class Recipe:
     profile_bits: tuple[int, ...] = (2, 3, 4, 8)
     rel_tol: float = 0.05
     max_probes: int = 64
+    probes_per_batch: int = 1
     seed: int = 0
     candidates: tuple[int, ...] = (2, 4, 8)
     budgets: tuple[dict[str, float], ...] = ({"uniform_bits": 8}, {"uniform_bits": 4}, {"uniform_bits": 3})
@@ -92,6 +93,7 @@ def load_recipe(path: str | Path) -> Recipe:
         profile_bits=_get(pr, "bits", tuple, (2, 3, 4, 8), "profile"),
         rel_tol=_number(pr, "rel_tol", 0.05, "profile"),
         max_probes=_get(pr, "max_probes", int, 64, "profile"),
+        probes_per_batch=_get(pr, "probes_per_batch", int, 1, "profile"),
         seed=_get(pr, "seed", int, 0, "profile"),
         candidates=_get(so, "candidates", tuple, (2, 4, 8), "solve"),
         budgets=tuple(dict(b) for b in budgets),

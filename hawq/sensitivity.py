@@ -15,7 +15,7 @@ from . import quant
 from .artifacts import fingerprint_obj, fingerprint_tensors, read_json, write_json
 from .errors import ArtifactError, DataError
 from .graph import trace_layers
-from .hessian import hutchinson_traces
+from .hessian import TraceState, hutchinson_traces
 from .rewrite import fold_bn
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,8 @@ def profile(
     max_probes: int = 200,
     min_probes: int = 8,
     seed: int = 0,
+    probes_per_batch: int = 1,
+    engine: str = "auto",
     weight_method: str = "mse",
     device: str | torch.device = "cpu",
     progress: bool = False,
@@ -132,10 +134,13 @@ def profile(
 ) -> Profile:
     """Per-layer Hessian traces (Hutchinson, Rademacher probes over all layers at once) and Ω(b).
 
-    BatchNorm is folded first (eval mode), so traces and quantization errors refer to the same
-    folded weights the rewriter quantizes. The caller's model is not changed. With `cache`, a
-    profile saved there from the same weights, data and settings is loaded instead of recomputed,
-    and the new profile is saved there otherwise.
+    BatchNorm is folded first (eval mode, dropout off), so traces and quantization errors refer
+    to the same folded weights the rewriter quantizes. The caller's model is not changed.
+    `engine`: "auto" times one probe of each HVP engine and keeps the fastest (see
+    hawq.hessian.ENGINES). With `cache`, a profile saved there from the same weights, data and
+    settings is loaded instead of recomputed; otherwise the run checkpoints after each round to
+    `<cache>.partial` (resumed by the next call with the same inputs) and saves the profile
+    there. Under torch.distributed the data rounds are split across processes; rank 0 writes.
     """
     t0 = time.time()
     bits = tuple(sorted({int(b) for b in bits}))
@@ -145,7 +150,7 @@ def profile(
     if not batches or sum(len(y) for _, y in batches) == 0:
         raise DataError("profile data is empty; give at least one (input, target) batch")
     settings = {"rel_tol": rel_tol, "max_probes": max_probes, "min_probes": min_probes, "seed": seed,
-                "weight_method": weight_method, "bits": list(bits)}
+                "probes_per_batch": probes_per_batch, "weight_method": weight_method, "bits": list(bits)}
     fingerprints = {
         "weights": fingerprint_tensors(dict(model.state_dict())),
         "data": fingerprint_tensors({f"{i}.{j}": t for i, b in enumerate(batches) for j, t in enumerate(b)}),
@@ -161,8 +166,12 @@ def profile(
     weights = {l.name: mods[l.name].weight for l in graph.layers}
     sq = {n: {b: quant.weight_sq_error(w, b, weight_method) for b in bits} for n, w in weights.items()}
     importance = {n: sq[n][bits[0]] / weights[n].numel() for n in weights}
+    checkpoint = None if cache is None else Path(f"{cache}.partial")
     est = hutchinson_traces(folded, loss_fn, batches, weights, importance=importance, rel_tol=rel_tol,
-                            max_probes=max_probes, min_probes=min_probes, seed=seed, progress=progress)
+                            max_probes=max_probes, min_probes=min_probes, probes_per_batch=probes_per_batch,
+                            seed=seed, engine=engine, progress=progress,
+                            state=None if checkpoint is None else _load_checkpoint(checkpoint, fingerprints, list(weights)),
+                            on_round=None if checkpoint is None else lambda st: _save_checkpoint(checkpoint, fingerprints, st))
     layers = []
     for l in graph.layers:
         e = est.layers[l.name]
@@ -174,10 +183,36 @@ def profile(
         layers.append(LayerProfile(l.name, l.kind, l.weight_shape, l.params, l.macs, e.mean, e.se, e.n, sq[l.name],
                                    omega_table(tr, sq[l.name], l.params)))
     result = Profile(tuple(layers), bits, graph.groups, tuple(est.unconverged), fingerprints,
-                     {**settings, "engine": est.engine, "probes": est.probes}, time.time() - t0)
-    if cache is not None:
+                     {**settings, "engine": est.engine, "probes": est.probes, "rounds": est.rounds}, time.time() - t0)
+    if cache is not None and _rank() == 0:
         result.save(cache)
+        checkpoint.unlink(missing_ok=True)
     return result
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+
+
+def _save_checkpoint(path: Path, fingerprints: dict[str, str], state: TraceState) -> None:
+    write_json(path, {"format": f"hawq.{FORMAT}-checkpoint/{VERSION}", "fingerprints": fingerprints, "state": state.to_dict()})
+
+
+def _load_checkpoint(path: Path, fingerprints: dict[str, str], names: list[str]) -> TraceState | None:
+    """The state of an interrupted run with the same weights, data and settings, or None."""
+    if not path.is_file():
+        return None
+    try:
+        d = read_json(path, f"{FORMAT}-checkpoint", VERSION)
+        state = TraceState.from_dict(d["state"])
+    except (ArtifactError, KeyError, TypeError, ValueError) as e:
+        log.warning("ignoring the profiling checkpoint %s: %s", path, e)
+        return None
+    if d.get("fingerprints") != fingerprints or state.names != names:
+        log.info("the profiling checkpoint %s was made from other inputs: starting afresh", path)
+        return None
+    log.info("resuming the profile from %s (%d probes done)", path, state.n)
+    return state
 
 
 def _load_cached(path: Path, fingerprints: dict[str, str]) -> Profile | None:
