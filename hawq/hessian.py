@@ -275,3 +275,42 @@ def hutchinson_traces(
     sig = significant({n: e.mean for n, e in est.items()}, importance)
     unconverged = tuple(n for n in sig if _rel(est[n]) > rel_tol)
     return TraceResult(est, unconverged, engine, state.n, state.rounds)
+
+
+def top_eigenvalues(
+    model: nn.Module,
+    loss_fn,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    weights: Mapping[str, torch.Tensor],
+    *,
+    iters: int = 20,
+    tol: float = 1e-3,
+    seed: int = 0,
+    engine: str = "double_backward_batched",
+) -> dict[str, float]:
+    """Largest-magnitude eigenvalue of each layer's diagonal Hessian block H_ll (HAWQ-V1's
+    sensitivity), by power iteration on all layers at once: probe j is nonzero only on layer j,
+    so one batched HVP returns H_jj v_j for every j. Stops when every estimate changes by less
+    than `tol` (relative) or after `iters` iterations."""
+    names = list(weights)
+    params = [weights[n] for n in names]
+    x, y = batch
+    gen = torch.Generator().manual_seed(seed)
+    vs = [torch.zeros(len(params), *p.shape, dtype=p.dtype, device=p.device) for p in params]
+    for j, p in enumerate(params):
+        r = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)
+        vs[j][j] = r / r.norm()
+    eig = torch.zeros(len(params), dtype=torch.float64)
+    with hvp_context():
+        hvp = _ENGINE_FNS[engine](model, loss_fn, x, y, params)
+        for _ in range(iters):
+            hv = hvp(vs)
+            new = torch.tensor([float((vs[j][j] * hv[j][j]).sum()) for j in range(len(params))], dtype=torch.float64)
+            for j in range(len(params)):
+                w = hv[j][j]
+                vs[j][j] = w / w.norm().clamp_min(1e-30)
+            done = bool(((new - eig).abs() <= tol * new.abs().clamp_min(1e-30)).all())
+            eig = new
+            if done:
+                break
+    return {n: float(e) for n, e in zip(names, eig)}

@@ -112,3 +112,27 @@ def test_nan_loss_is_a_clear_error():
     x = torch.full((4, 6), float("nan"))
     with pytest.raises(NumericalError, match="loss is nan"):
         estimate(model, [(x, torch.zeros(4, dtype=torch.long))], 4, seed=0)
+
+
+def test_top_eigenvalues_match_exact_blocks():
+    from hawq.hessian import top_eigenvalues
+    torch.manual_seed(4)
+    model = MLP().double().eval()
+    x, y = torch.randn(32, 6, dtype=torch.float64), torch.randint(0, 3, (32,))
+    names = ["fc1", "fc2", "fc3"]
+    mods = dict(model.named_modules())
+    sizes = [mods[n].weight.numel() for n in names]
+    flat0 = torch.cat([mods[n].weight.detach().flatten() for n in names])
+
+    def loss_of(flat):
+        ws = dict(zip(names, torch.split(flat, sizes)))
+        return F.cross_entropy(torch.func.functional_call(model, {f"{n}.weight": ws[n].reshape(mods[n].weight.shape)
+                                                                   for n in names}, (x,)), y)
+    h = torch.autograd.functional.hessian(loss_of, flat0)
+    got = top_eigenvalues(model, F.cross_entropy, (x, y), {n: mods[n].weight for n in names}, iters=500, tol=1e-10)
+    start = 0
+    for n, k in zip(names, sizes):
+        ev = torch.linalg.eigvalsh(h[start:start + k, start:start + k])
+        start += k
+        top = ev[ev.abs().argmax()]
+        assert got[n] == pytest.approx(float(top), rel=1e-3), n

@@ -72,3 +72,29 @@ def test_errors(tmp_path):
     bad.write_text(json.dumps({"format": "hawq.profile/1", "layers": [{"name": "x"}]}))
     with pytest.raises(ArtifactError, match="malformed profile"):
         Profile.load(bad)
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.1, batch_first=True)
+        self.embed, self.encoder, self.head = nn.Linear(4, 16), nn.TransformerEncoder(layer, 2), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x)).mean(1))
+
+
+@pytest.mark.parametrize("engine", ["auto", "double_backward"])
+def test_transformer_encoder_profiles(engine):
+    """Attention goes through the math kernel during HVPs; dropout is off; traces are finite."""
+    torch.manual_seed(0)
+    m = TinyTransformer().train()
+    g = torch.Generator().manual_seed(2)
+    data = [(torch.randn(8, 5, 4, generator=g), torch.randint(0, 3, (8,), generator=g))]
+    p = profile(m, F.cross_entropy, data, bits=(4, 8), max_probes=4, engine=engine)
+    assert m.training  # the caller's model keeps its mode
+    names = [l.name for l in p.layers]
+    assert names[0] == "embed" and names[-1] == "head" and any("linear1" in n for n in names)
+    assert all(torch.isfinite(torch.tensor(l.trace)) for l in p.layers)
+    q = profile(m, F.cross_entropy, data, bits=(4, 8), max_probes=4, engine=engine)
+    assert [l.trace for l in p.layers] == [l.trace for l in q.layers]  # dropout off: deterministic
