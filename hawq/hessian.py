@@ -148,8 +148,9 @@ def rademacher(params: Sequence[torch.Tensor], k: int, seed: int, step: int) -> 
     return [(torch.randint(0, 2, (k, *p.shape), generator=gen, dtype=torch.int8) * 2 - 1).to(p.device, p.dtype) for p in params]
 
 
-def pick_engine(model, loss_fn, batch, params, k: int, engines: Sequence[str] = ENGINES) -> str:
-    """Time one k-probe HVP with each engine on `batch` and return the fastest that works.
+def pick_engine(model, loss_fn, batch, params, k: int, engines: Sequence[str] = ENGINES, repeats: int = 2) -> str:
+    """Time one k-probe HVP (graph included; best of `repeats`) with each engine on `batch` and
+    return the fastest that works.
     An engine that fails (an op without a forward-mode or double-backward rule) is skipped, with
     one log line saying which and why."""
     x, y = batch
@@ -158,11 +159,13 @@ def pick_engine(model, loss_fn, batch, params, k: int, engines: Sequence[str] = 
     for name in engines:
         try:
             with hvp_context():
-                hvp = _ENGINE_FNS[name](model, loss_fn, x, y, params)
-                hvp(vs)  # warm-up
-                t = time.perf_counter()
-                _ = _ENGINE_FNS[name](model, loss_fn, x, y, params)(vs)
-                times[name] = time.perf_counter() - t
+                _ENGINE_FNS[name](model, loss_fn, x, y, params)(vs)  # warm-up
+                runs = []
+                for _ in range(repeats):  # the best of a few: robust to a busy machine
+                    t = time.perf_counter()
+                    _ENGINE_FNS[name](model, loss_fn, x, y, params)(vs)
+                    runs.append(time.perf_counter() - t)
+                times[name] = min(runs)
         except NumericalError:
             raise
         except Exception as e:  # noqa: BLE001 — report and fall back to the next engine
