@@ -8,17 +8,24 @@
 from .data import evaluate
 from .errors import HawqError
 from .models import load_default_model, resnet20
+from .legalize import LegalizationWarning, legalize
 from .onnx_export import ExportReport, export_onnx
+from .onnx_verify import ort_session
 from .pipeline import RunResult, load_data, load_model, run_recipe, table
 from .recipe import Recipe, default_recipe, load_recipe
 from .rewrite import fold_bn, quantize
 from .sensitivity import LayerProfile, Profile, profile
-from .solver import Budget, LayerChoice, Plan, solve, uniform_plan
+from .solver import Budget, LayerChoice, Plan, alternatives, solve, sweep, uniform_plan, uniform_plans_within
+from .frontier import Frontier, pareto
+from .guard import guarded_solve
+from .latency import LatencyTable, measure_latency
+from .report import frontier_summary
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Budget", "ExportReport", "HawqError", "LayerChoice", "LayerProfile", "Plan", "Profile", "Recipe", "RunResult",
+    "Frontier", "LatencyTable", "alternatives", "frontier_summary", "guarded_solve", "measure_latency", "pareto", "sweep", "uniform_plans_within",
+    "Budget", "ExportReport", "HawqError", "LayerChoice", "LegalizationWarning", "LayerProfile", "Plan", "Profile", "Recipe", "RunResult",
     "default_recipe", "evaluate", "export_onnx", "fold_bn", "load_data", "load_default_model", "load_model",
-    "load_recipe", "profile", "quantize", "resnet20", "run_recipe", "solve", "table", "uniform_plan",
+    "legalize", "load_recipe", "ort_session", "profile", "quantize", "resnet20", "run_recipe", "solve", "table", "uniform_plan",
 ]

@@ -22,11 +22,26 @@ def _bits(s: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 2,4,8, not {s!r}")
 
 
-def _pin(s: str) -> tuple[str, int]:
+def _pin(s: str) -> tuple[str, int | tuple[int, int]]:
     name, _, b = s.rpartition("=")
-    if not name or not b.isdigit():
-        raise argparse.ArgumentTypeError(f"expected NAME=BITS like fc=8, not {s!r}")
-    return name, int(b)
+    w, _, act = b.partition(":")
+    if not name or not w.isdigit() or (act and not act.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected NAME=BITS or NAME=W:A like fc=8 or 'layer3\\..*=4:8', not {s!r}")
+    return name, (int(w), int(act)) if act else int(w)
+
+
+LIMITS = ("megabytes", "avg_bits", "ratio", "gbops", "bops_ratio", "latency_ms")
+
+
+def _limits(a) -> dict[str, float]:
+    return {k: getattr(a, k) for k in LIMITS if getattr(a, k, None) is not None}
+
+
+def _pins(a, prof: hawq.Profile):
+    pins = {} if a.no_default_pins else None
+    if a.pin:
+        pins = {**({} if pins == {} else _first_last(prof)), **dict(a.pin)}
+    return pins
 
 
 def _recipe(path: str | None) -> hawq.Recipe:
@@ -53,15 +68,18 @@ def cmd_profile(a) -> None:
 
 def cmd_solve(a) -> None:
     prof = hawq.Profile.load(a.profile)
-    kind = next(k for k in ("megabytes", "avg_bits", "ratio") if getattr(a, k) is not None)
-    pins = {} if a.no_default_pins else None
-    if a.pin:
-        pins = {**({} if pins == {} else _first_last(prof)), **dict(a.pin)}
-    ties = prof.groups if a.tie_shared_inputs else ()
-    plan = hawq.solve(prof, hawq.Budget(**{kind: getattr(a, kind)}), bits=a.bits, pins=pins, ties=ties)
+    ties = "graph" if a.tie_shared_inputs else ()
+    latency = hawq.LatencyTable.load(a.latency).ms if a.latency else None
+    plan = hawq.solve(prof, hawq.Budget(**_limits(a)), bits=a.bits, pins=_pins(a, prof), ties=ties, a_bits=a.a_bits,
+                      latency=latency, time_limit=a.time_limit, solver=a.solver)
     plan.save(a.out)
-    print(f"{plan.label}: {plan.weight_bytes / 1e6:.4f} MB, {plan.avg_bits:.3f} avg bits, Ω {plan.omega:.4g}, "
-          f"{plan.status} in {plan.solve_seconds:.2f} s -> {a.out}")
+    print(f"{plan.label}: {plan.weight_bytes / 1e6:.4f} MB, {plan.avg_bits:.3f} avg bits, objective Σ Ω "
+          f"{plan.omega:.4g}, {plan.status} (gap {plan.gap:.2g}, {plan.solver}) in {plan.solve_seconds:.2f} s -> {a.out}")
+    for name, c in plan.constraints.items():
+        lim = "not limited" if c["limit"] is None else f"limit {c['limit']:.6g}, slack {c['slack']:.6g}"
+        print(f"  {name:<13} {c['value']:.6g}  ({lim})")
+    for t in plan.ties:
+        print(f"  tied: {', '.join(t)}")
     for l in plan.layers:
         print(f"  {l.name:<24} W{l.w_bits}A{l.a_bits}{'  (pinned)' if l.pinned else ''}")
 
@@ -91,17 +109,51 @@ def cmd_export(a) -> None:
         raise hawq.HawqError(f"{a.qmodel} not found; make it with `hawq quantize --plan PLAN --out {a.qmodel}`")
     except Exception as e:
         raise hawq.HawqError(f"{a.qmodel} is not a hawq quantized model ({e.__class__.__name__}); make it with `hawq quantize`")
-    rep = hawq.export_onnx(q, x[:1], a.out, verify=not a.no_verify, opset=a.opset, verify_inputs=x)
-    print(json.dumps({k: v for k, v in rep.to_dict().items() if k != "layers"}, indent=1))
+    rep = hawq.export_onnx(q, x[:1], a.out, target=a.target, verify=not a.no_verify, opset=a.opset, verify_inputs=x)
+    print(rep.summary())
+    d = {k: v for k, v in rep.to_dict().items() if k not in ("layers", "changes")}
+    if d["verification"]:
+        d["verification"] = {k: v for k, v in d["verification"].items() if k != "kernels"}
+    print(json.dumps(d, indent=1))
+
+
+def cmd_pareto(a) -> None:
+    prof = hawq.Profile.load(a.profile)
+    limits = _limits(a)
+    chosen = hawq.Plan.load(a.plan) if a.plan else None
+    if chosen is not None:
+        chosen.check_profile(prof)
+    f = hawq.pareto(prof, points=a.points, axis=a.axis, budget=hawq.Budget(**limits) if limits else None,
+                    bits=a.bits, pins=_pins(a, prof), ties="graph" if a.tie_shared_inputs else (), a_bits=a.a_bits,
+                    chosen=chosen, solver=a.solver)
+    f.write(a.out, Path(a.profile).stem)
+    print("\n".join(hawq.frontier_summary(f)))
+    print(f"{len(f.points)} non-dominated of {a.points} swept in {f.seconds:.1f} s -> {a.out}/frontier.json, "
+          "frontier.csv, frontier.svg")
+
+
+def cmd_latency(a) -> None:
+    r = _recipe(a.recipe)
+    model, (batches, _) = hawq.load_model(r), hawq.load_data(r)
+    bits = a.bits or r.candidates
+    table = hawq.measure_latency(model, batches[0][0], [(w, a.a_bits) for w in bits], target=a.target, batch=a.batch,
+                                 repeats=a.repeats, threads=a.threads, cache=a.out)
+    cands = sorted({c for row in table.ms.values() for c in row})
+    print(f"{'layer':<24}" + "".join(f"{f'W{w}A{x} ms':>12}" for w, x in cands))
+    for name, row in table.ms.items():
+        print(f"{name:<24}" + "".join(f"{row[c]:>12.4f}" for c in cands))
+    print(f"{table.key['machine']}; {table.key['runtime']}; batch {table.key['batch']}, "
+          f"{table.key['threads']} thread(s), median of {table.key['repeats']} -> {a.out}")
 
 
 def cmd_run(a) -> None:
     r = hawq.load_recipe(a.recipe)
-    _print_run(hawq.run_recipe(r, a.out or f"out/{r.name}", progress=not a.quiet), a.out or f"out/{r.name}")
+    _print_run(hawq.run_recipe(r, a.out or f"out/{r.name}", progress=not a.quiet, guard=not a.no_guard),
+               a.out or f"out/{r.name}")
 
 
 def cmd_demo(a) -> None:
-    _print_run(hawq.run_recipe(hawq.default_recipe(), a.out, progress=not a.quiet), a.out)
+    _print_run(hawq.run_recipe(hawq.default_recipe(), a.out, progress=not a.quiet, guard=not a.no_guard), a.out)
 
 
 def _print_run(res: hawq.RunResult, out: str) -> None:
@@ -110,7 +162,35 @@ def _print_run(res: hawq.RunResult, out: str) -> None:
     s = res.summary()["onnx"]
     print(f"\nONNX: {s['path']} ({s['file_bytes']} bytes), onnxruntime vs PyTorch: top-1 agreement "
           f"{s['top1_agreement']}, max |diff| {s['max_abs_diff']:.3g}")
-    print(f"{res.seconds:.0f} s; wrote {out}/: profile.json, plan_*.json, model.onnx, verify.json, report.md, summary.json")
+    for name, plan in res.plans.items():
+        if plan.guard:
+            print(f"guard {name}: chose {plan.guard['chosen']} of {len(plan.guard['candidates'])} measured candidates")
+    print(f"{res.seconds:.0f} s; wrote {out}/: profile.json, plan_*.json, model.onnx, verify.json, report.md, summary.json"
+          ", frontier.json/.csv/.svg")
+
+
+def _limit_options(s: argparse.ArgumentParser, title: str) -> None:
+    g = s.add_argument_group(title)
+    w = g.add_mutually_exclusive_group()
+    w.add_argument("--megabytes", type=float, help="weight size in MB (1e6 bytes)")
+    w.add_argument("--avg-bits", type=float, help="weight size as average weight bits")
+    w.add_argument("--ratio", type=float, help="weight size r in [0,1] between all-lowest and all-highest bits")
+    b = g.add_mutually_exclusive_group()
+    b.add_argument("--gbops", type=float, help="bit operations per sample, Σ MACs·w·a, in 1e9")
+    b.add_argument("--bops-ratio", type=float, help="BOPs r in [0,1] between the least and the most")
+
+
+def _candidate_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--bits", type=_bits, help="candidate weight bits (default: the profile's)")
+    s.add_argument("--a-bits", type=int, default=8, help="activation bits of every layer (default 8)")
+    s.add_argument("--pin", type=_pin, action="append",
+                   help="NAME=BITS or NAME=W:A, NAME a layer or a regular expression matching whole names; "
+                        "repeatable, later ones win (first and last layers are pinned to 8 unless --no-default-pins)")
+    s.add_argument("--no-default-pins", action="store_true", help="do not pin the first and last layers to 8 bits")
+    s.add_argument("--tie-shared-inputs", action="store_true",
+                   help="layers reading the same tensor (the profile's groups) get the same bits")
+    s.add_argument("--solver", choices=["auto", "highs", "cbc"], default="auto",
+                   help="MIP solver (default auto: CBC up to 300 free layers, HiGHS beyond if highspy is installed)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -132,18 +212,37 @@ def parser() -> argparse.ArgumentParser:
                    help="HVP engine; auto times one probe of each and keeps the fastest")
     s.set_defaults(fn=cmd_profile)
 
-    s = sub.add_parser("solve", help="per-layer bits under a weight budget (ILP) -> plan.json")
+    s = sub.add_parser("solve", help="per-layer bits under weight-size and BOPs limits at once (ILP) -> plan.json")
     s.add_argument("profile", help="profile.json from `hawq profile`")
-    g = s.add_mutually_exclusive_group(required=True)
-    g.add_argument("--megabytes", type=float, help="weight budget in MB (1e6 bytes)")
-    g.add_argument("--avg-bits", type=float, help="budget as average weight bits")
-    g.add_argument("--ratio", type=float, help="budget r in [0,1] between all-lowest and all-highest bits")
-    s.add_argument("--bits", type=_bits, help="candidate weight bits (default: the profile's)")
-    s.add_argument("--pin", type=_pin, action="append", help="NAME=BITS; repeatable (first and last layers are pinned to 8 unless --no-default-pins)")
-    s.add_argument("--no-default-pins", action="store_true", help="do not pin the first and last layers to 8 bits")
-    s.add_argument("--tie-shared-inputs", action="store_true", help="layers reading the same tensor get equal bits")
+    _limit_options(s, "limits (each optional, at least one, all held at once)")
+    _candidate_options(s)
+    s.add_argument("--time-limit", type=float, help="solver time limit in seconds (default: none, prove optimality)")
+    s.add_argument("--latency", help="latency table from `hawq latency` (needed for --latency-ms)")
+    s.add_argument("--latency-ms", type=float, help="limit on the summed per-layer latency of the table")
     s.add_argument("--out", default="plan.json")
     s.set_defaults(fn=cmd_solve)
+
+    s = sub.add_parser("pareto", help="total Ω against weight size or BOPs over a budget sweep -> frontier.json/.csv/.svg")
+    s.add_argument("profile", help="profile.json from `hawq profile`")
+    s.add_argument("--axis", choices=["weight", "bops"], default="weight", help="the limit swept (default weight)")
+    s.add_argument("--points", type=int, default=50, help="limits swept (default 50)")
+    _limit_options(s, "other limits held fixed during the sweep (not on the swept axis)")
+    _candidate_options(s)
+    s.add_argument("--plan", help="plan.json to highlight (e.g. the one you deploy)")
+    s.add_argument("--out", default="frontier", help="output folder (default ./frontier)")
+    s.set_defaults(fn=cmd_pareto)
+
+    s = sub.add_parser("latency", help="time each layer alone at each candidate in ONNX Runtime -> latency.json")
+    s.add_argument("recipe", nargs="?", help=rec_help)
+    s.add_argument("--target", choices=["ort-cpu"], default="ort-cpu", help="runtime (default ort-cpu)")
+    s.add_argument("--bits", type=_bits, help="weight bits to time (default: the recipe's candidates)")
+    s.add_argument("--a-bits", type=int, default=8, help="activation bits (default 8)")
+    s.add_argument("--batch", type=int, default=1, help="batch size timed (default 1)")
+    s.add_argument("--repeats", type=int, default=30, help="timed runs per entry; the median is kept (default 30)")
+    s.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+    s.add_argument("--out", default="latency.json", help="the table; reused when machine, runtime, model and "
+                   "settings match (default latency.json)")
+    s.set_defaults(fn=cmd_latency)
 
     s = sub.add_parser("quantize", help="fake-quantize and calibrate a model by a plan, and evaluate it")
     s.add_argument("recipe", nargs="?", help=rec_help)
@@ -154,17 +253,21 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="QDQ ONNX from `hawq quantize` output, verified in onnxruntime")
     s.add_argument("qmodel", help="file written by `hawq quantize`")
     s.add_argument("--out", default="model.onnx")
-    s.add_argument("--opset", type=int, default=21)
-    s.add_argument("--no-verify", action="store_true")
+    s.add_argument("--target", choices=("ort", "tensorrt"), default="ort",
+                   help="runtime to legalise for: ort (ONNX Runtime, default) or tensorrt (symmetric INT8, INT4 weight-only MatMul)")
+    s.add_argument("--opset", type=int, default=21, help="lowest opset (the ort target raises it to 25 for INT2 weights)")
+    s.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check")
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("run", help="the whole pipeline for a recipe")
     s.add_argument("recipe")
     s.add_argument("--out", help="output folder (default out/<recipe name>)")
+    s.add_argument("--no-guard", action="store_true", help="take the ILP's optimum without measuring the alternatives")
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("demo", help="the whole pipeline on the embedded ResNet-20 / Fashion-MNIST")
     s.add_argument("--out", default="out/demo")
+    s.add_argument("--no-guard", action="store_true", help="take the ILP's optimum without measuring the alternatives")
     s.set_defaults(fn=cmd_demo)
     return p
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from torch.nn import functional as F
 from . import data as D
 from .artifacts import write_json
 from .errors import ConfigError
+from .frontier import Frontier, pareto
+from .guard import GuardCache, guarded_solve
 from .models import default_checkpoint_path, load_checkpoint, resnet20
 from .onnx_export import ExportReport, export_onnx
 from .recipe import Recipe
@@ -42,6 +45,7 @@ class RunResult:
     profile: Profile
     export: ExportReport
     seconds: float
+    frontier: Frontier | None = None
 
     def summary(self) -> dict[str, Any]:
         v = self.export.verification
@@ -51,6 +55,11 @@ class RunResult:
             "onnx": {"path": self.export.path, "file_bytes": self.export.file_bytes,
                      "top1_agreement": v.top1_agreement if v else None, "max_abs_diff": v.max_abs_diff if v else None},
             "seconds": self.seconds,
+            "guard": {n: {"chosen": p.guard["chosen"], "candidates": len(p.guard["candidates"])}
+                      for n, p in self.plans.items() if p.guard},
+            "frontier": None if self.frontier is None else {
+                "points": len(self.frontier.points), "chosen": self.frontier.chosen,
+                "files": ["frontier.json", "frontier.csv", "frontier.svg"]},
         }
 
 
@@ -75,8 +84,9 @@ def load_data(recipe: Recipe):
     return list(D.loader(cal, recipe.batch_size)), ev
 
 
-def budget_plans(prof: Profile, recipe: Recipe) -> list[tuple[float | None, Plan | None, Plan]]:
-    """For each recipe budget: (uniform bits or None, the uniform plan or None, the mixed plan)."""
+def budget_plans(prof: Profile, recipe: Recipe, solve_fn=solve) -> list[tuple[float | None, Plan | None, Plan]]:
+    """For each recipe budget: (uniform bits or None, the uniform plan or None, the mixed plan from
+    `solve_fn`, which takes solve()'s arguments, e.g. a guarded_solve bound to the model and data)."""
     pins = None if recipe.pin_first_last else {}
     out = []
     for b in recipe.budgets:
@@ -84,13 +94,14 @@ def budget_plans(prof: Profile, recipe: Recipe) -> list[tuple[float | None, Plan
         if kind == "uniform_bits":
             uni = uniform_plan(prof, int(value), pins=pins)
             budget = Budget(megabytes=uni.weight_bytes / 1e6)
-            out.append((float(value), uni, solve(prof, budget, bits=recipe.candidates, pins=pins)))
+            out.append((float(value), uni, solve_fn(prof, budget, bits=recipe.candidates, pins=pins)))
         else:
-            out.append((None, None, solve(prof, Budget(**{kind: value}), bits=recipe.candidates, pins=pins)))
+            out.append((None, None, solve_fn(prof, Budget(**{kind: value}), bits=recipe.candidates, pins=pins)))
     return out
 
 
-def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, log_fn=print) -> RunResult:
+def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, log_fn=print,
+               guard: bool = True) -> RunResult:
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +118,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, l
     rows = [Row("fp32", None, acc, loss, 4 * n_params, 32.0, "fp32")]
     plans: dict[str, Plan] = {}
     qmodels = {}
-    for bits, uni, mixed in budget_plans(prof, recipe):
+    solve_fn = partial(guarded_solve, model=model, data=batches, cache=GuardCache()) if guard else solve
+    for bits, uni, mixed in budget_plans(prof, recipe, solve_fn):
         for method, plan in (("uniform", uni), ("mixed", mixed)):
             if plan is None:
                 continue
@@ -122,9 +134,12 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, l
     export_name = [k for k in plans if k.startswith("mixed")][recipe.export_budget]
     report = export_onnx(qmodels[export_name], batches[0][0][:1], out / "model.onnx", opset=recipe.opset,
                          verify_inputs=[x for x, _ in batches])
-    result = RunResult(rows, plans, prof, report, time.time() - t0)
+    frontier = pareto(prof, bits=recipe.candidates, pins=None if recipe.pin_first_last else {},
+                      chosen=plans[export_name])
+    frontier.write(out, recipe.name)
+    result = RunResult(rows, plans, prof, report, time.time() - t0, frontier)
     write_json(out / "summary.json", result.summary())
-    write_report(out / "report.md", recipe.name, prof, plans, rows, report, export_name)
+    write_report(out / "report.md", recipe.name, prof, plans, rows, report, export_name, frontier=frontier)
     return result
 
 

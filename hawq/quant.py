@@ -76,6 +76,15 @@ def act_qparams(lo: float, hi: float, bits: int = 8) -> tuple[float, int, int, i
     return scale, zp, 0, qmax
 
 
+def symmetric_act_qparams(lo: float, hi: float, bits: int = 8) -> tuple[float, int, int, int]:
+    """(scale, 0, qmin, qmax) of a signed symmetric quantizer covering [lo, hi] (what TensorRT takes):
+    scale = max(|lo|, |hi|) / (2^(b-1) - 1), range [-2^(b-1), 2^(b-1) - 1] as ONNX int8 saturates."""
+    if not 2 <= bits <= 16:
+        raise ValueError(f"activation bits must be in 2..16, not {bits}")
+    qmax = 2 ** (bits - 1) - 1
+    return max(abs(lo), abs(hi), 1e-8) / qmax, 0, -qmax - 1, qmax
+
+
 def fake_quant_act(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: int) -> torch.Tensor:
     return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
 

@@ -56,53 +56,97 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
+WEIGHT_ONLY = 32  # a_bits value meaning "the input stays float" (weight-only quantization)
+
+
 class QuantLayer(nn.Module):
     """Fake-quant Conv2d or Linear: per-output-channel symmetric weights at `w_bits`, per-tensor
-    unsigned input activations at `a_bits` (calibrated by min/max), int32 bias at s_w·s_a."""
+    input activations at `a_bits` (calibrated by min/max; unsigned with a zero point, or signed
+    symmetric with `a_symmetric`), int32 bias at s_w·s_a. `a_bits=32` (WEIGHT_ONLY) leaves the
+    input and the bias float. With `out_bits`, the output is fake-quantized too (per tensor, same
+    signedness as the input), calibrated on the float layer's output."""
 
-    def __init__(self, fp: nn.Module, w_bits: int, a_bits: int, weight_method: str = "mse") -> None:
+    # class-level defaults, so modules pickled before these existed still run
+    a_symmetric = False
+    a_lo = a_hi = o_lo = o_hi = 0.0
+    out_bits: int | None = None
+
+    def __init__(self, fp: nn.Module, w_bits: int, a_bits: int, weight_method: str = "mse",
+                 a_symmetric: bool = False) -> None:
         super().__init__()
         if not isinstance(fp, QUANTIZABLE):
             raise TypeError(f"cannot quantize {type(fp).__name__}")
+        if not (2 <= int(a_bits) <= 16 or int(a_bits) == WEIGHT_ONLY):
+            raise ValueError(f"activation bits must be in 2..16 or {WEIGHT_ONLY} (weight-only), not {a_bits}")
         self.fp = copy.deepcopy(fp)
         self.w_bits, self.a_bits, self.weight_method = int(w_bits), int(a_bits), weight_method
+        self.a_symmetric = bool(a_symmetric)
+        self.a_lo, self.a_hi = 0.0, 0.0  # the calibrated input range
         w_fq, q, scale = quant.fake_quant_weight(self.fp.weight, self.w_bits, weight_method)
         self.register_buffer("w_int", q.to(torch.int8 if self.w_bits <= 8 else torch.int16))
         self.register_buffer("w_scale", scale.float())
         self.register_buffer("w_fq", w_fq)
         self.a_scale, self.a_zero_point, self.a_qmin, self.a_qmax = 1.0, 0, 0, 2**self.a_bits - 1
+        self.o_scale, self.o_zero_point, self.o_qmin, self.o_qmax = 1.0, 0, 0, 255
         self.observer: quant.MinMaxObserver | None = None
+        self.out_observer: quant.MinMaxObserver | None = None
         self.calibrated = False
 
     def start_calibration(self) -> None:
         self.observer = quant.MinMaxObserver()
+        self.out_observer = quant.MinMaxObserver() if self.out_bits else None
 
     def finish_calibration(self) -> None:
         if self.observer is None or not self.observer.seen:
             raise DataError("a quantized layer saw no data during calibration; is the calibration data empty?")
-        self.a_scale, self.a_zero_point, self.a_qmin, self.a_qmax = quant.act_qparams(self.observer.lo, self.observer.hi, self.a_bits)
-        self.observer = None
+        self.a_lo, self.a_hi = self.observer.lo, self.observer.hi
+        if not self.weight_only:
+            qparams = quant.symmetric_act_qparams if self.a_symmetric else quant.act_qparams
+            self.a_scale, self.a_zero_point, self.a_qmin, self.a_qmax = qparams(self.a_lo, self.a_hi, self.a_bits)
+        if self.out_bits:
+            self.o_lo, self.o_hi = self.out_observer.lo, self.out_observer.hi
+            qparams = quant.symmetric_act_qparams if self.a_symmetric else quant.act_qparams
+            self.o_scale, self.o_zero_point, self.o_qmin, self.o_qmax = qparams(self.o_lo, self.o_hi, self.out_bits)
+        self.observer = self.out_observer = None
         self.calibrated = True
 
     @property
+    def weight_only(self) -> bool:
+        return self.a_bits == WEIGHT_ONLY
+
+    @property
     def bias_int(self) -> torch.Tensor | None:
-        return None if self.fp.bias is None else quant.quantize_bias(self.fp.bias, self.w_scale, self.a_scale)[0]
+        if self.fp.bias is None or self.weight_only:
+            return None
+        return quant.quantize_bias(self.fp.bias, self.w_scale, self.a_scale)[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observer is not None:
             self.observer(x)
-            return self.fp(x)
+            y = self.fp(x)
+            if getattr(self, "out_observer", None) is not None:
+                self.out_observer(y)
+            return y
         if not self.calibrated:
             raise RuntimeError("QuantLayer used before calibration; call hawq.quantize with data")
-        xq = quant.fake_quant_act(x, self.a_scale, self.a_zero_point, self.a_qmin, self.a_qmax)
-        b = None if self.fp.bias is None else quant.quantize_bias(self.fp.bias, self.w_scale, self.a_scale)[1]
+        if self.weight_only:
+            xq, b = x, self.fp.bias
+        else:
+            xq = quant.fake_quant_act(x, self.a_scale, self.a_zero_point, self.a_qmin, self.a_qmax)
+            b = None if self.fp.bias is None else quant.quantize_bias(self.fp.bias, self.w_scale, self.a_scale)[1]
         if isinstance(self.fp, nn.Conv2d):
             f = self.fp
-            return F.conv2d(xq, self.w_fq, b, f.stride, f.padding, f.dilation, f.groups)
-        return F.linear(xq, self.w_fq, b)
+            y = F.conv2d(xq, self.w_fq, b, f.stride, f.padding, f.dilation, f.groups)
+        else:
+            y = F.linear(xq, self.w_fq, b)
+        if self.out_bits:
+            y = quant.fake_quant_act(y, self.o_scale, self.o_zero_point, self.o_qmin, self.o_qmax)
+        return y
 
     def extra_repr(self) -> str:
-        return f"{type(self.fp).__name__}, w_bits={self.w_bits}, a_bits={self.a_bits}"
+        sym = ", a_symmetric=True" if self.a_symmetric else ""
+        out = f", out_bits={self.out_bits}" if self.out_bits else ""
+        return f"{type(self.fp).__name__}, w_bits={self.w_bits}, a_bits={self.a_bits}{sym}{out}"
 
 
 def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
@@ -119,9 +163,15 @@ def as_assignment(plan) -> dict[str, tuple[int, int]]:
 
 
 @torch.no_grad()
-def quantize(model: nn.Module, plan, data: Iterable, weight_method: str = "mse") -> nn.Module:
+def quantize(model: nn.Module, plan, data: Iterable, weight_method: str = "mse", act_symmetric: bool = False,
+             quantize_outputs: bool = False) -> nn.Module:
     """A new fake-quant module: BN folded, each planned layer swapped for a QuantLayer, then
-    calibrated on `data` (an iterable of (x, y) or x batches). The caller's model is unchanged."""
+    calibrated on `data` (an iterable of (x, y) or x batches). The caller's model is unchanged.
+    `act_symmetric`: signed symmetric activations, zero point 0 (what TensorRT takes); the default
+    is unsigned with a zero point (what ONNX Runtime's CPU integer kernels take).
+    `quantize_outputs`: also quantize, at 8 bits per tensor, the outputs of quantized convs that
+    do not feed only other quantized layers (residual adds, pooling; see `output_quant_layers`):
+    ONNX Runtime then runs every 8-bit conv as QLinearConv instead of a float Conv."""
     assign = as_assignment(plan)
     folded = fold_bn(model)
     mods = dict(folded.named_modules())
@@ -130,7 +180,10 @@ def quantize(model: nn.Module, plan, data: Iterable, weight_method: str = "mse")
         raise ArtifactError(f"the plan names layers this model lacks or cannot quantize: {', '.join(missing[:5])}; "
                             "was the plan made for another model?")
     for name, (wb, ab) in assign.items():
-        _set_module(folded, name, QuantLayer(mods[name], wb, ab, weight_method))
+        _set_module(folded, name, QuantLayer(mods[name], wb, ab, weight_method, act_symmetric))
+    if quantize_outputs:
+        for name in output_quant_layers(folded):
+            folded.get_submodule(name).out_bits = 8
     calibrate(folded, data)
     return folded.eval()
 
@@ -156,3 +209,41 @@ def calibrate(qmodel: nn.Module, data: Iterable) -> nn.Module:
     for m in layers.values():
         m.finish_calibration()
     return qmodel
+
+
+_PASS_THROUGH = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Identity, nn.Dropout)
+_PASS_FUNCTIONS = {torch.relu, torch.relu_, F.relu, F.relu6, F.hardtanh, torch.nn.functional.dropout}
+
+
+class _LeafTracer(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, QuantLayer) or super().is_leaf_module(m, qualname)
+
+
+def output_quant_layers(model: nn.Module) -> list[str]:
+    """Quantized convs whose output does not go, through ReLU/ReLU6/Hardtanh/Identity/Dropout
+    only, to other quantized layers alone (e.g. into a residual add or a pooling), so that ONNX
+    Runtime can fuse them into QLinearConv only with a quantized output. Needs torch.fx; a model
+    it cannot trace gets none (with a warning)."""
+    try:
+        graph = _LeafTracer().trace(model)
+    except Exception as e:
+        log.warning("outputs not quantized: the model cannot be traced by torch.fx (%s)", e.__class__.__name__)
+        return []
+    mods = dict(model.named_modules())
+
+    def quant_only(node) -> bool:  # every path from node's value ends in a QuantLayer input
+        if not node.users:
+            return False
+        for u in node.users:
+            if u.op == "call_module" and isinstance(mods.get(u.target), QuantLayer) and u.args and u.args[0] is node \
+                    and not mods[u.target].weight_only:
+                continue
+            passes = (u.op == "call_module" and isinstance(mods.get(u.target), _PASS_THROUGH)) or \
+                (u.op == "call_function" and u.target in _PASS_FUNCTIONS) or (u.op == "call_method" and u.target in ("relu", "relu_"))
+            if not (passes and quant_only(u)):
+                return False
+        return True
+
+    return [n.target for n in graph.nodes if n.op == "call_module" and isinstance(mods.get(n.target), QuantLayer)
+            and isinstance(mods[n.target].fp, nn.Conv2d) and not quant_only(n)]

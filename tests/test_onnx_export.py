@@ -1,21 +1,25 @@
-"""QDQ ONNX export: checker, ONNX Runtime parity, packed INT4 storage, exact codes, failing checks."""
+"""QDQ ONNX export: checker, ONNX Runtime parity, packed INT2/INT4/INT8 storage, exact codes,
+per-target legalisation (ort, tensorrt), ORT workarounds, scale-shape checks, failing checks."""
 from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from hawq import rewrite
 from hawq.errors import ConfigError, UnsupportedModelError, VerificationError
+from hawq.legalize import LegalizationWarning, legalize
 from hawq.models import resnet20
-from hawq.onnx_export import export_onnx, verify_onnx
+from hawq.onnx_export import check_scale_shape, export_onnx
+from hawq.onnx_verify import disabled_optimizers, ort_session, verify_onnx
 
 TWO_BIT = ("layer2.1.conv1", "layer3.2.conv2")
 EIGHT_BIT = ("conv1", "fc")
@@ -29,6 +33,18 @@ def layer_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
+def initializers(path) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in onnx.load(str(path)).graph.initializer}
+
+
+def nodes(path) -> list[onnx.NodeProto]:
+    return list(onnx.load(str(path)).graph.node)
+
+
+def opset(path) -> int:
+    return next(o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx"))
+
+
 @pytest.fixture(scope="module")
 def resnet():
     torch.manual_seed(0)
@@ -36,14 +52,26 @@ def resnet():
 
 
 @pytest.fixture(scope="module")
-def mixed(resnet, tmp_path_factory):
-    """First/last layers 8-bit, two 2-bit layers, the rest 4-bit; exported and verified."""
+def qmixed(resnet):
+    """First/last layers 8-bit, two 2-bit layers, the rest 4-bit."""
     plan = {n: 8 if n in EIGHT_BIT else 2 if n in TWO_BIT else 4 for n in layer_names(resnet)}
     torch.manual_seed(1)
-    qmodel = rewrite.quantize(resnet, plan, batches(2), weight_method="minmax")
+    return rewrite.quantize(resnet, plan, batches(2), weight_method="minmax")
+
+
+@pytest.fixture(scope="module")
+def mixed(qmixed, tmp_path_factory):
     path = tmp_path_factory.mktemp("mixed") / "model.onnx"
-    report = export_onnx(qmodel, torch.randn(2, 1, 28, 28), path, verify_inputs=batches(4))
-    return qmodel, path, report
+    report = export_onnx(qmixed, torch.randn(2, 1, 28, 28), path, verify_inputs=batches(2))
+    return qmixed, path, report
+
+
+@pytest.fixture(scope="module")
+def trt_mixed(qmixed, tmp_path_factory):
+    path = tmp_path_factory.mktemp("trt") / "model.onnx"
+    with pytest.warns(LegalizationWarning) as record:
+        report = export_onnx(qmixed, torch.randn(2, 1, 28, 28), path, target="tensorrt", verify_inputs=batches(2))
+    return qmixed, path, report, [str(w.message) for w in record]
 
 
 @pytest.fixture(scope="module")
@@ -54,20 +82,20 @@ def int8(resnet, tmp_path_factory):
     return qmodel, path, export_onnx(qmodel, torch.randn(2, 1, 28, 28), path, verify=False)
 
 
-def initializers(path) -> dict[str, onnx.TensorProto]:
-    return {t.name: t for t in onnx.load(str(path)).graph.initializer}
-
+# ------------------------------------------------------------------------------------- ort target
 
 def test_exported_model_is_valid_and_matches_pytorch(mixed):
     qmodel, path, report = mixed
     onnx.checker.check_model(str(path), full_check=True)
     v = report.verification
-    assert v.samples == 32
+    assert v.samples == 16
     assert v.top1_agreement == 1.0 and v.cosine > 0.9999
     # a few output steps: ORT's integer kernels and PyTorch round a handful of activations one LSB
     # apart (3.4 steps here; the margin is for other CPUs' kernels)
     assert v.max_diff_steps <= 8 and v.frac_off_by_more_than_1_step < 0.1
-    # an independent run on a fresh batch of another size (the batch dimension is dynamic)
+    assert v.diff_vs_quant_error < 0.02  # ORT's deviation is tiny next to the quantization error
+    assert 2 <= v.max_diff_input_steps <= 8  # a few input LSB flips of fc reach the output
+    # an independent run in a plain session on a fresh batch of another size (dynamic batch)
     x = torch.randn(5, 1, 28, 28)
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     ref = qmodel(x).detach().numpy()
@@ -79,33 +107,44 @@ def test_exported_model_is_valid_and_matches_pytorch(mixed):
 def test_report_and_verify_json(mixed):
     _, path, report = mixed
     saved = json.loads((path.parent / "verify.json").read_text())
-    assert saved["format"] == "hawq.export/1"
+    assert saved["format"] == "hawq.export/2" and saved["target"] == "ort"
     assert saved == json.loads(json.dumps(report.to_dict()))
     assert saved["verification"]["top1_agreement"] == 1.0
     assert report.file_bytes == path.stat().st_size
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    # what ONNX Runtime made of each layer, read from its optimized graph
+    kernels = {l["name"]: l["ort_kernel"] for l in saved["layers"]}
+    assert kernels["fc"] == "QGemm"
+    assert kernels["layer1.0.conv1"].startswith("DequantizeLinear + ")  # INT4 conv: storage only
+    assert "storage" in next(l for l in report.layers if l.name == "layer1.0.conv1").note
 
 
-def test_weights_are_packed_with_planned_types(mixed, int8):
+def test_int2_raises_the_opset_only_when_needed(mixed, int8):
+    _, path, report = mixed
+    assert report.opset == opset(path) == 25
+    assert [(c.layer, c.what, c.before, c.after) for c in report.changes] == [("*", "opset", "21", "25")]
+    assert int8[2].opset == opset(int8[1]) == 21 and int8[2].changes == []
+
+
+def test_weights_are_packed_in_their_containers(mixed, int8):
     qmodel, path, report = mixed
     inits = initializers(path)
     layers = rewrite.quant_layers(qmodel)
-    for name, layer in layers.items():
-        want = TensorProto.INT8 if name in EIGHT_BIT else TensorProto.INT4
-        assert inits[f"{name}.weight"].data_type == want, name
-        assert inits[f"{name}.weight_zero_point"].data_type == want, name
-    for name in TWO_BIT:
-        codes = numpy_helper.to_array(inits[f"{name}.weight"]).astype(np.int8)
-        assert codes.min() >= -1 and codes.max() <= 1 and (codes != 0).any()
-    # sizes: bytes in the file == Σ params · container bits / 8; plan counts 2-bit layers at 2 bits
+    want = {n: TensorProto.INT8 if n in EIGHT_BIT else TensorProto.INT2 if n in TWO_BIT else TensorProto.INT4 for n in layers}
+    for name in layers:
+        assert inits[f"{name}.weight"].data_type == want[name], name
+        assert inits[f"{name}.weight_zero_point"].data_type == want[name], name
+    # sizes: bytes in the file == Σ ceil(params · container bits / 8) == the plan's packed size
     params = {n: l.w_int.numel() for n, l in layers.items()}
-    assert report.weight_bytes == report.packed_weight_bytes == sum(
-        p if n in EIGHT_BIT else math.ceil(p / 2) for n, p in params.items())
-    assert report.plan_weight_bytes == sum(p * (8 if n in EIGHT_BIT else 2 if n in TWO_BIT else 4) / 8 for n, p in params.items())
-    # the 4-bit file is smaller than the all-INT8 one by about half of the 4-bit layers' parameters
+    bits = {n: 8 if n in EIGHT_BIT else 2 if n in TWO_BIT else 4 for n in layers}
+    assert report.weight_bytes == report.packed_weight_bytes == report.plan_packed_weight_bytes == sum(
+        math.ceil(p * bits[n] / 8) for n, p in params.items())
+    assert report.plan_weight_bytes == sum(p * bits[n] / 8 for n, p in params.items())
+    assert {l.name: l.weight_bytes for l in report.layers} == {n: len(inits[f"{n}.weight"].raw_data) for n in layers}
+    # the file is smaller than the all-INT8 one by the packed difference
     saved = int8[2].file_bytes - report.file_bytes
-    expected = sum(p / 2 for n, p in params.items() if n not in EIGHT_BIT)
-    assert abs(saved - expected) < 0.02 * expected
+    expected = sum(p - math.ceil(p * bits[n] / 8) for n, p in params.items())
+    assert abs(saved - expected) < 0.03 * expected
     assert int8[2].weight_bytes == sum(params.values())
 
 
@@ -113,12 +152,356 @@ def test_stored_codes_equal_the_fake_quant_model(mixed):
     qmodel, path, _ = mixed
     inits = initializers(path)
     for name, layer in rewrite.quant_layers(qmodel).items():
-        np.testing.assert_array_equal(numpy_helper.to_array(inits[f"{name}.weight"]).astype(np.int32),
-                                      layer.w_int.numpy().astype(np.int32))
+        codes = numpy_helper.to_array(inits[f"{name}.weight"]).astype(np.int32)
+        np.testing.assert_array_equal(codes.reshape(layer.w_int.shape), layer.w_int.numpy().astype(np.int32))
         np.testing.assert_array_equal(numpy_helper.to_array(inits[f"{name}.weight_zero_point"]).astype(np.int32), 0)
         np.testing.assert_array_equal(numpy_helper.to_array(inits[f"{name}.weight_scale"]), layer.w_scale.numpy())
         np.testing.assert_array_equal(numpy_helper.to_array(inits[f"{name}.bias"]), layer.bias_int.numpy())
-        assert numpy_helper.to_array(inits[f"{name}.input_zero_point"]).dtype == np.uint8
+    # layers reading the same tensor with the same quantizer share one Q/DQ (conv1 and the shortcut)
+    qs = [n for n in nodes(path) if n.op_type == "QuantizeLinear"]
+    assert len(qs) == len(rewrite.quant_layers(qmodel)) - 2
+    assert all(inits[q.input[2]].data_type == TensorProto.UINT8 for q in qs)
+    for name in TWO_BIT:
+        codes = numpy_helper.to_array(inits[f"{name}.weight"]).astype(np.int8)
+        assert codes.min() >= -1 and codes.max() <= 1 and (codes != 0).any()
+
+
+def test_int2_weights_of_quantized_input_layers_are_not_fused(mixed):
+    """ONNX Runtime 1.31-1.32 fuses DQ(INT2)→Conv into QLinearConv, which rejects INT2 ("Type
+    'tensor(int2)' ... of operator (QLinearConv) ... is invalid"); the leading unit dimension and
+    Reshape keep them apart. Without the fix the session in the fixture fails to load."""
+    _, path, report = mixed
+    inits = initializers(path)
+    for name in TWO_BIT:
+        layer = next(l for l in report.layers if l.name == name)
+        assert list(inits[f"{name}.weight"].dims)[0] == 1 and "Reshape" in layer.layout
+        assert layer.ort_kernel == "DequantizeLinear + Conv" or layer.ort_kernel == "DequantizeLinear + FusedConv"
+    model = onnx.load(str(path))
+    g = model.graph
+    for name in TWO_BIT:  # rebuild the direct form and watch ONNX Runtime reject it
+        t = next(t for t in g.initializer if t.name == f"{name}.weight")
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t)[0], t.name))
+        dq = next(n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] == t.name)
+        axis = next(a for a in dq.attribute if a.name == "axis")
+        axis.i -= 1
+        reshape = next(n for n in g.node if n.op_type == "Reshape" and n.input[0] == dq.output[0])
+        dq.output[0] = reshape.output[0]
+        g.node.remove(reshape)
+    onnx.checker.check_model(model, full_check=True)
+    if ort.__version__.startswith(("1.31.", "1.32.")):
+        with pytest.raises(Exception, match="int2"):
+            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+
+
+@pytest.mark.parametrize("shape, op", [((16, 20), "Gemm"), ((4, 5, 20), "MatMul")])
+def test_linear_only_mlp(tmp_path, shape, op):
+    """2-D input exports Linear as Gemm(transB=1), 3-D as MatMul(x, W^T) + Add; 3-bit weights go to
+    INT4 and 6-bit to INT8 with their true range; a 6-bit input gets a Clip before its uint8 Q, a
+    16-bit one a uint16 Q/DQ."""
+    torch.manual_seed(2)
+    plan = {"0": (4, 16), "2": (3, 6), "4": (6, 8)}
+    qmodel = rewrite.quantize(mlp(), plan, [torch.randn(*shape) for _ in range(2)], weight_method="minmax")
+    path = tmp_path / "mlp.onnx"
+    report = export_onnx(qmodel, torch.randn(*shape), path, verify_inputs=[torch.randn(*shape) for _ in range(2)])
+    assert [l.op for l in report.layers] == [op] * 3
+    assert [l.weight_type for l in report.layers] == ["INT4", "INT4", "INT8"]
+    assert report.opset == 21
+    # the fine 16-bit input quantizer flips an LSB now and then (ONNX rounds x/s, torch x·(1/s)), which
+    # the coarse 6-bit one downstream can turn into a few output steps
+    v = report.verification
+    assert v.cosine > 0.9999 and v.max_diff_steps <= 8 and v.frac_off_by_more_than_1_step < 0.05
+    graph = onnx.load(str(path)).graph
+    assert sum(n.op_type == "Clip" for n in graph.node) == 1
+    inits = {t.name: t for t in graph.initializer}
+    assert inits["0.input_zero_point"].data_type == TensorProto.UINT16
+    transpose = op == "MatMul"  # MatMul stores W^T ([in, out]) and dequantizes along axis 1
+    for name, layer in rewrite.quant_layers(qmodel).items():
+        w = layer.w_int.numpy()
+        codes = numpy_helper.to_array(inits[f"{name}.weight"]).astype(np.int8)
+        np.testing.assert_array_equal(codes, w.T if transpose else w)
+        qmax = 2 ** (layer.w_bits - 1) - 1
+        assert np.abs(codes).max() <= qmax and np.abs(codes).max() == qmax  # the true range, reached
+
+
+@pytest.mark.parametrize("shape", [(16, 20), (4, 4, 20)])
+def test_weight_only_linear_becomes_matmulnbits(tmp_path, shape):
+    """A Linear whose input stays float (a_bits=32) is stored W^T [K, N] per channel on axis 1 and
+    exported as MatMul (+ Add of a float bias), so ONNX Runtime can run it as MatMulNBits. It does
+    for 3-D inputs; for 2-D ones ONNX Runtime 1.32 first fuses MatMul + Add (+ Relu) into a
+    (Fused)Gemm, which MatMulNBits does not take, except where the Add is the graph output."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(),
+                        nn.Linear(16, 10)).eval()
+    plan = {"0": (8, 8), "2": (4, 32), "4": (2, 32), "6": (2, 32)}
+    qmodel = rewrite.quantize(net, plan, [torch.randn(*shape) for _ in range(2)], weight_method="minmax")
+    report = export_onnx(qmodel, torch.randn(*shape), tmp_path / "m.onnx", verify_inputs=[torch.randn(*shape)])
+    by = {l.name: l for l in report.layers}
+    for name, container in (("2", "INT4"), ("4", "INT2")):
+        l = by[name]
+        assert (l.op, l.weight_type, l.activation_type, l.bias) == ("MatMul", container, "float", "float")
+        assert l.layout == "[K,N] per channel axis 1"
+        assert l.ort_kernel == ("MatMulNBits" if len(shape) == 3 else "DequantizeLinear + FusedGemm")
+    assert report.opset == 25  # INT2, with a float input: stored directly (MatMulNBits takes 2 bits)
+    g = onnx.load(str(tmp_path / "m.onnx")).graph
+    dq = next(n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] == "4.weight")
+    assert helper.get_attribute_value(dq.attribute[0]) == 1
+    assert numpy_helper.to_array(next(t for t in g.initializer if t.name == "4.bias")).dtype == np.float32
+    # INT2 with N=10 (not a multiple of 4): MatMulNBits gets it wrong in ORT 1.31-1.32 (0.2-0.5 off
+    # here), so it is kept out of it; without that the verification below fails
+    assert by["6"].weight_type == "INT2" and "N=10" in by["6"].note
+    assert by["6"].ort_kernel in ("DequantizeLinear + MatMul", "DequantizeLinear + Gemm")
+    assert report.verification.cosine > 0.99999 and report.verification.max_abs_diff < 1e-5
+
+
+def test_depthwise_conv(tmp_path):
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16),
+                        nn.ReLU(), nn.Conv2d(16, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+    qmodel = rewrite.quantize(net, {"0": 8, "2": 8, "4": 4, "7": 8}, [torch.randn(8, 3, 16, 16)], "minmax")
+    reports = {}
+    for target in ("ort", "tensorrt"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LegalizationWarning)  # tensorrt: the INT4 conv becomes INT8
+            reports[target] = export_onnx(qmodel, torch.randn(2, 3, 16, 16), tmp_path / f"{target}.onnx", target=target,
+                                          verify_inputs=[torch.randn(8, 3, 16, 16)])
+        v = reports[target].verification
+        assert v.top1_agreement == 1.0 and v.cosine > 0.9999
+    assert reports["ort"].layers[1].ort_kernel == "QLinearConv"  # the depthwise 8-bit conv runs in the integer kernel
+    assert [l.weight_type for l in reports["tensorrt"].layers] == ["INT8"] * 4
+
+
+def test_transformer_encoder(tmp_path):
+    """Only what hawq.graph lists is quantized: linear1/linear2 (MultiheadAttention's projections
+    are read as raw parameters)."""
+    from hawq.graph import trace_layers
+
+    torch.manual_seed(5)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0), 2, enable_nested_tensor=False).eval()
+    x = torch.randn(6, 3, 64)
+    names = trace_layers(enc, x).names
+    assert names == ["layers.0.linear1", "layers.0.linear2", "layers.1.linear1", "layers.1.linear2"]
+    qmodel = rewrite.quantize(enc, {n: 4 if n.endswith("2") else 8 for n in names}, [torch.randn(6, 3, 64)], "minmax")
+    for target in ("ort", "tensorrt"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LegalizationWarning)
+            report = export_onnx(qmodel, x, tmp_path / f"{target}.onnx", target=target, verify_inputs=[torch.randn(6, 3, 64)])
+        assert report.verification.cosine > 0.9999 and report.verification.top1_agreement is None
+        assert [l.op for l in report.layers] == ["MatMul"] * 4
+    assert [l.weight_type for l in report.layers] == ["INT8", "INT4"] * 2  # tensorrt: INT4 weight-only, K=128
+
+
+# -------------------------------------------------------------------------------- tensorrt target
+
+def test_tensorrt_is_symmetric_int8_per_tensor(trt_mixed):
+    _, path, report, _ = trt_mixed
+    g = onnx.load(str(path)).graph
+    inits = {t.name: t for t in g.initializer}
+    for n in g.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2:
+            assert not numpy_helper.to_array(inits[n.input[2]]).any(), n.name  # every zero point 0
+        if n.op_type == "QuantizeLinear":  # activations: signed int8, one scale per tensor
+            assert inits[n.input[2]].data_type == TensorProto.INT8 and list(inits[n.input[1]].dims) == []
+    for l in report.layers:  # conv weights INT8 per channel on axis 0, biases float
+        assert (l.weight_type, l.activation_type, l.w_bits) == ("INT8", "INT8", 8)
+        assert l.layout.endswith("per channel axis 0")
+    assert report.opset == 21 and {t.data_type for t in g.initializer} <= {
+        TensorProto.INT8, TensorProto.FLOAT, TensorProto.INT64}  # no INT2/INT4/INT32 tensor left
+
+
+def test_tensorrt_promotions_are_warned_and_reported(trt_mixed, tmp_path):
+    qmodel, path, report, warned = trt_mixed
+    promoted = [c for c in report.changes if c.what == "weight_bits"]
+    assert {c.layer for c in promoted} == {n for n, l in rewrite.quant_layers(qmodel).items() if l.w_bits < 8}
+    assert all(c.after == "W8" for c in promoted)
+    assert {c.reason for c in promoted if c.layer in TWO_BIT} == {"TensorRT has no INT2"}
+    assert "Conv" in next(c.reason for c in promoted if c.layer == "layer1.0.conv1")
+    assert len(warned) == 1 and all(c.layer in warned[0] for c in promoted)
+    saved = json.loads((path.parent / "verify.json").read_text())
+    assert len(saved["changes"]) == len(report.changes) > len(promoted)  # activations re-expressed too
+    assert {c["what"] for c in saved["changes"]} == {"weight_bits", "activation"}
+    # verified against the legalised model; its agreement with the model as planned is reported
+    v = report.verification
+    assert v.top1_agreement == 1.0 and v.cosine > 0.9999 and v.plan_cosine is not None
+    assert report.weight_bytes == report.packed_weight_bytes > report.plan_packed_weight_bytes
+    assert "legalised for tensorrt" in report.summary() and "layer2.1.conv1: weight_bits W2 -> W8" in report.summary()
+
+
+def small_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+
+
+def test_tensorrt_symmetric_quantize_needs_no_activation_change():
+    torch.manual_seed(6)
+    qmodel = rewrite.quantize(small_cnn(), {"0": 8, "3": 8, "7": 8}, [torch.randn(8, 3, 8, 8)], "minmax", act_symmetric=True)
+    layer = rewrite.quant_layers(qmodel)["3"]
+    assert layer.a_zero_point == 0 and layer.a_qmin == -128 and layer.a_qmax == 127
+    assert legalize(qmodel, "tensorrt").changes == []
+
+
+def test_tensorrt_reexpression_equals_symmetric_calibration():
+    """Re-expressing an unsigned model's activations gives what symmetric calibration gives."""
+    torch.manual_seed(7)
+    data, net, plan = [torch.randn(8, 3, 8, 8)], small_cnn(), {"0": 8, "3": 8, "7": 8}
+    sym = rewrite.quant_layers(rewrite.quantize(net, plan, data, "minmax", act_symmetric=True))
+    legal = legalize(rewrite.quantize(net, plan, data, "minmax"), "tensorrt")
+    assert {c.what for c in legal.changes} == {"activation"}
+    legal = rewrite.quant_layers(legal.model)
+    for name, layer in sym.items():
+        assert (legal[name].a_scale, legal[name].a_zero_point, legal[name].a_qmin, legal[name].a_qmax) == \
+            (layer.a_scale, layer.a_zero_point, layer.a_qmin, layer.a_qmax), name
+
+
+def test_tensorrt_int4_linear_is_weight_only_with_block_scales(tmp_path):
+    torch.manual_seed(8)
+    net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 96), nn.ReLU(), nn.Linear(96, 10)).eval()
+    plan = {"0": (4, 8), "2": (3, 8), "4": (4, 16)}
+    qmodel = rewrite.quantize(net, plan, [torch.randn(16, 64)], "minmax")
+    path = tmp_path / "m.onnx"
+    with pytest.warns(LegalizationWarning, match="4"):
+        report = export_onnx(qmodel, torch.randn(2, 64), path, target="tensorrt", verify_inputs=[torch.randn(32, 64)])
+    by = {l.name: l for l in report.layers}
+    assert (by["0"].weight_type, by["0"].activation_type, by["0"].op) == ("INT4", "float", "MatMul")
+    assert by["0"].layout == "[K,N] blocks of 64 axis 0" and by["2"].layout == "[K,N] blocks of 128 axis 0"
+    assert by["2"].w_bits == 3 and by["2"].weight_type == "INT4"  # 3 bits in INT4, true range
+    # K=96 is no multiple of 64: INT8; and its 16-bit input becomes 8-bit
+    assert (by["4"].weight_type, by["4"].a_bits) == ("INT8", 8)
+    what = {(c.layer, c.what) for c in report.changes}
+    assert {("0", "weight_only"), ("2", "weight_only"), ("4", "weight_bits"), ("4", "activation")} <= what
+    inits = initializers(path)
+    layers = rewrite.quant_layers(qmodel)
+    scale = numpy_helper.to_array(inits["2.weight_scale"])
+    assert scale.shape == (1, 96)  # [ceil(K / 128), N]: the per-channel scale repeated per block
+    np.testing.assert_array_equal(scale[0], layers["2"].w_scale.numpy())
+    np.testing.assert_array_equal(numpy_helper.to_array(inits["2.weight"]).astype(np.int8), layers["2"].w_int.numpy().T)
+    dq = next(n for n in nodes(path) if n.op_type == "DequantizeLinear" and n.input[0] == "2.weight")
+    assert {a.name: helper.get_attribute_value(a) for a in dq.attribute} == {"axis": 0, "block_size": 128}
+    assert report.verification.cosine > 0.99999 and report.verification.top1_agreement == 1.0
+
+
+def test_int16_weights_and_tensorrt_promotions(tmp_path):
+    """12-bit weights go to INT16 on ort (2 bytes a weight) and to INT8 on tensorrt; a 4-bit Linear
+    with an odd N cannot be packed for TensorRT's INT4 and becomes INT8."""
+    torch.manual_seed(12)
+    net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 9)).eval()
+    qmodel = rewrite.quantize(net, {"0": 12, "2": 4}, [torch.randn(16, 64)], "minmax")
+    ort_rep = export_onnx(qmodel, torch.randn(2, 64), tmp_path / "o.onnx", verify_inputs=[torch.randn(16, 64)])
+    assert [l.weight_type for l in ort_rep.layers] == ["INT16", "INT4"]
+    assert ort_rep.layers[0].weight_bytes == 2 * 64 * 64 and ort_rep.layers[1].weight_bytes == math.ceil(9 * 64 / 2)
+    codes = numpy_helper.to_array(initializers(tmp_path / "o.onnx")["0.weight"])
+    assert codes.dtype == np.int16 and np.abs(codes).max() == 2 ** 11 - 1
+    with pytest.warns(LegalizationWarning):
+        trt = export_onnx(qmodel, torch.randn(2, 64), tmp_path / "t.onnx", target="tensorrt", verify=False)
+    reasons = {c.layer: c.reason for c in trt.changes if c.what == "weight_bits"}
+    assert reasons == {"0": "TensorRT has no INT16 weights", "2": "TensorRT INT4 needs an even last dimension to pack; N=9"}
+    assert [l.weight_type for l in trt.layers] == ["INT8", "INT8"]
+
+
+# ------------------------------------------------------------------------ ONNX Runtime issue 25526
+
+def _s8_reshape_model() -> onnx.ModelProto:
+    """int8 Q → DQ → Reshape → MatMul at opset 21: the pattern ONNX Runtime 1.31-1.32 cannot load."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z"),
+             numpy_helper.from_array(np.array([-1, 12], np.int64), "shape"),
+             numpy_helper.from_array(rng.integers(-127, 128, (12, 4)).astype(np.int8), "w"),
+             numpy_helper.from_array(np.full(4, 0.01, np.float32), "ws"), numpy_helper.from_array(np.zeros(4, np.int8), "wz")]
+    ns = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+          helper.make_node("Reshape", ["xd", "shape"], ["xr"]),
+          helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=1), helper.make_node("MatMul", ["xr", "wd"], ["y"])]
+    g = helper.make_graph(ns, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def test_signed_activations_before_reshape_load(tmp_path):
+    path = tmp_path / "s8.onnx"
+    onnx.save(_s8_reshape_model(), str(path))
+    assert "QDQS8ToU8Transformer" in disabled_optimizers(path)
+    if ort.__version__.startswith(("1.31.", "1.32.")):  # the bug: a plain session fails to load it
+        with pytest.raises(Exception, match="does not match y_zero_point type"):
+            ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((2, 3, 4)).astype(np.float32)
+    assert ort_session(path).run(None, {"x": x})[0].shape == (2, 4)
+
+
+def test_tensorrt_export_loads_in_a_plain_session(trt_mixed, mixed):
+    """hawq puts each activation Q/DQ right at its layer, after any Flatten/Reshape, so even a
+    plain session loads the signed-activation file; hawq's own sessions disable the transformer."""
+    _, path, _, _ = trt_mixed
+    assert any(n.op_type == "Reshape" for n in nodes(path))
+    ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert disabled_optimizers(path) == trt_mixed[2].verification.disabled_optimizers == [
+        "QDQS8ToU8Transformer", "ClipQuantRewrite"]
+    assert disabled_optimizers(mixed[1]) == []  # unsigned activations: nothing disabled
+
+
+def test_relu6_clip_bounds_are_constants(tmp_path):
+    """The exporter writes ReLU6 as Clip(x, CastLike(0, x), CastLike(6, x)); hawq folds the bounds
+    into initializers, which TensorRT needs and without which ONNX Runtime never fuses
+    Conv→Clip→Q into QLinearConv. On signed graphs hawq's sessions also disable ClipQuantRewrite,
+    which in ONNX Runtime 1.31-1.32 drops such a Clip before a signed Q (measured on
+    mobilenet_v2's tensorrt export: cosine 0.80 without the workaround; see the benchmark)."""
+    torch.manual_seed(9)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU6(), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU6(),
+                        nn.Conv2d(16, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+    data = [torch.randn(16, 3, 12, 12)]
+    plan = {"0": 8, "2": 8, "4": 8, "7": 8}
+    path = tmp_path / "trt.onnx"
+    report = export_onnx(rewrite.quantize(net, plan, data, "minmax", act_symmetric=True), torch.randn(1, 3, 12, 12),
+                         path, target="tensorrt", verify_inputs=data)
+    assert report.verification.cosine > 0.9999
+    assert "ClipQuantRewrite" in report.verification.disabled_optimizers
+    g = onnx.load(str(path)).graph
+    inits = {t.name for t in g.initializer}
+    clips = [n for n in g.node if n.op_type == "Clip"]
+    assert len(clips) == 2 and all(i in inits for c in clips for i in c.input[1:])
+    assert not [n for n in g.node if n.op_type == "CastLike"]
+    report = export_onnx(rewrite.quantize(net, plan, data, "minmax", quantize_outputs=True), torch.randn(1, 3, 12, 12),
+                         tmp_path / "ort.onnx", verify_inputs=data)
+    assert [l.ort_kernel for l in report.layers] == ["QLinearConv"] * 3 + ["QGemm"]
+
+
+def test_quantized_outputs_make_every_conv_an_integer_kernel(resnet, tmp_path):
+    """quantize_outputs=True quantizes the outputs of convs that feed residual adds (and the stem,
+    whose ReLU output feeds one): ONNX Runtime then runs all 21 convs of ResNet-20 as QLinearConv
+    (without it: only those whose output goes through ReLU to another quantized conv)."""
+    torch.manual_seed(10)
+    plan = {n: 8 for n in layer_names(resnet)}
+    qmodel = rewrite.quantize(resnet, plan, batches(1), "minmax", quantize_outputs=True)
+    outs = [n for n, l in rewrite.quant_layers(qmodel).items() if l.out_bits]
+    assert outs == rewrite.output_quant_layers(qmodel) and "conv1" in outs and "layer1.0.conv2" in outs
+    assert "layer1.0.conv1" not in outs and "fc" not in outs
+    report = export_onnx(qmodel, torch.randn(1, 1, 28, 28), tmp_path / "m.onnx", verify_inputs=batches(2))
+    kernels = [l.ort_kernel for l in report.layers]
+    assert kernels == ["QLinearConv"] * 21 + ["QGemm"]
+    assert report.verification.cosine > 0.9999 and report.verification.top1_agreement == 1.0
+    trt = legalize(qmodel, "tensorrt")  # all 8-bit: no promotion, no warning
+    layer = rewrite.quant_layers(trt.model)["layer1.0.conv2"]
+    assert layer.o_zero_point == 0 and layer.o_qmin == -128  # outputs re-expressed symmetric too
+    assert ("layer1.0.conv2", "output") in {(c.layer, c.what) for c in trt.changes}
+
+
+# ------------------------------------------------------------------------------- shapes and checks
+
+@pytest.mark.parametrize("x, scale, axis, block, ok", [
+    ((16, 64), (16, 2), 1, 32, True),
+    ((16, 64), (16, 2), 1, 16, False),  # passes onnx.checker, fails in ONNX Runtime
+    ((16, 64), (16, 3), 1, 32, False),  # passes checker and reference evaluator, fails in ORT
+    ((16, 65), (16, 3), 1, 32, True),  # ceil
+    ((128, 96), (1, 96), 0, 128, True),
+    ((16, 64), (16,), 0, 0, True), ((16, 64), (64,), 0, 0, False), ((16, 64), (), 0, 0, True),
+])
+def test_scale_shape_check(x, scale, axis, block, ok):
+    if ok:
+        check_scale_shape(x, scale, axis, block)
+    else:
+        with pytest.raises(VerificationError, match="must be"):
+            check_scale_shape(x, scale, axis, block)
 
 
 def test_tampered_file_fails_verification(mixed, tmp_path):
@@ -133,12 +516,18 @@ def test_tampered_file_fails_verification(mixed, tmp_path):
         verify_onnx(bad, qmodel, batches(2))
 
 
-def test_failed_verification_leaves_nothing(mixed, tmp_path):
-    qmodel, _, _ = mixed
+def test_failed_verification_leaves_no_model(qmixed, tmp_path):
     path = tmp_path / "m.onnx"
-    with pytest.raises(VerificationError):
-        export_onnx(qmodel, torch.randn(2, 1, 28, 28), path, min_cosine=1.5)
-    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(VerificationError, match="off by more than one step"):
+        export_onnx(qmixed, torch.randn(2, 1, 28, 28), path, max_frac_off=-1.0)
+    assert not path.exists() and not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+
+
+def test_no_verify_still_reports_changes(qmixed, tmp_path):
+    with pytest.warns(LegalizationWarning):
+        report = export_onnx(qmixed, torch.randn(1, 1, 28, 28), tmp_path / "m.onnx", target="tensorrt", verify=False)
+    saved = json.loads((tmp_path / "verify.json").read_text())
+    assert saved["verification"] is None and len(saved["changes"]) == len(report.changes) > 0
 
 
 def test_unquantized_model_gives_a_clear_error(resnet, tmp_path):
@@ -147,35 +536,25 @@ def test_unquantized_model_gives_a_clear_error(resnet, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bad_opset(mixed, tmp_path):
+def test_bad_opset_and_target(qmixed, tmp_path):
     with pytest.raises(ConfigError, match="opset"):
-        export_onnx(mixed[0], torch.randn(1, 1, 28, 28), tmp_path / "m.onnx", opset=17)
+        export_onnx(qmixed, torch.randn(1, 1, 28, 28), tmp_path / "m.onnx", opset=17)
+    with pytest.raises(ConfigError, match="ort, tensorrt"):
+        export_onnx(qmixed, torch.randn(1, 1, 28, 28), tmp_path / "m.onnx", target="tflite")
 
 
-def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+def test_cli_export_target(tmp_path, capsys):
+    from hawq import cli
 
-
-@pytest.mark.parametrize("shape, op", [((16, 20), "Gemm"), ((4, 5, 20), "MatMul")])
-def test_linear_only_mlp(tmp_path, shape, op):
-    """2-D input exports Linear as Gemm(transB=1), 3-D as MatMul(x, W^T) + Add; a 6-bit input gets
-    a Clip before its uint8 Q, a 16-bit one a uint16 Q/DQ."""
-    torch.manual_seed(2)
-    plan = {"0": (4, 16), "2": (3, 6), "4": (2, 8)}
-    qmodel = rewrite.quantize(mlp(), plan, [torch.randn(*shape) for _ in range(2)], weight_method="minmax")
-    path = tmp_path / "mlp.onnx"
-    report = export_onnx(qmodel, torch.randn(*shape), path, verify_inputs=[torch.randn(*shape) for _ in range(2)])
-    assert [l.op for l in report.layers] == [op] * 3
-    assert [l.weight_type for l in report.layers] == ["INT4"] * 3
-    # the fine 16-bit input quantizer flips an LSB now and then (ONNX rounds x/s, torch x·(1/s)), which
-    # the coarse 6-bit one downstream can turn into a few output steps
-    v = report.verification
-    assert v.cosine > 0.9999 and v.max_diff_steps <= 8 and v.frac_off_by_more_than_1_step < 0.05
-    graph = onnx.load(str(path)).graph
-    assert sum(n.op_type == "Clip" for n in graph.node) == 1
-    inits = {t.name: t for t in graph.initializer}
-    assert inits["0.input_zero_point"].data_type == TensorProto.UINT16
-    transpose = op == "MatMul"  # MatMul stores W^T ([in, out]) and dequantizes along axis 1
-    for name, layer in rewrite.quant_layers(qmodel).items():
-        w = layer.w_int.numpy()
-        np.testing.assert_array_equal(numpy_helper.to_array(inits[f"{name}.weight"]).astype(np.int8), w.T if transpose else w)
+    torch.manual_seed(11)
+    x = torch.randn(16, 64)
+    net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    qm = tmp_path / "q.pt"
+    torch.save({"model": rewrite.quantize(net, {"0": 4, "2": 2}, [x], "minmax"), "inputs": x, "plan": {}}, qm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LegalizationWarning)
+        assert cli.main(["--quiet", "export", str(qm), "--out", str(tmp_path / "m.onnx"), "--target", "tensorrt"]) == 0
+    out = capsys.readouterr().out
+    assert "target tensorrt" in out and "2: weight_bits W2 -> W8 (TensorRT has no INT2)" in out and '"top1_agreement"' in out
+    saved = json.loads((tmp_path / "verify.json").read_text())
+    assert [l["weight_type"] for l in saved["layers"]] == ["INT4", "INT8"] and saved["opset"] == 21

@@ -11,8 +11,13 @@ import pytest
 
 from hawq.errors import ArtifactError, ConfigError, InfeasibleBudgetError
 from hawq.sensitivity import LayerProfile, Profile
-from hawq.solver import (Budget, Plan, avg_bits_of, default_pins, plan_weight_bytes, profile_fingerprint, solve,
-                         uniform_plan)
+from hawq.solver import (Budget, Plan, alternatives, avg_bits_of, default_pins, plan_weight_bytes, profile_fingerprint,
+                         solve, solver_backend, sweep, uniform_plan, uniform_plans_within)
+
+# CBC proves optimality to 1e-12 of the objective; HiGHS to its tolerances (~1e-8 of the largest
+# per-layer Ω range, which these instances spread over 1e-8..1e2).
+SOLVERS = ["cbc"] + (["highs"] if solver_backend("auto", units=10**6) == "highs" else [])
+REL_TOL = {"cbc": 1e-9, "highs": 1e-7}
 
 
 def make_profile(params: list[int], omega: list[dict[int, float]], bits: tuple[int, ...]) -> Profile:
@@ -99,7 +104,8 @@ def random_budget(rng: random.Random, profile: Profile, cand, pins, ties) -> tup
     return Budget(megabytes=mb), math.floor(mb * 1e6 * 8)
 
 
-def test_ilp_matches_brute_force_on_random_instances():
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_ilp_matches_brute_force_on_random_instances(solver):
     rng = random.Random(1234)
     feasible = infeasible = 0
     for _ in range(200):
@@ -108,14 +114,14 @@ def test_ilp_matches_brute_force_on_random_instances():
         best = brute_force(profile, cand, pins, ties, limit)
         if best is None:
             with pytest.raises(InfeasibleBudgetError):
-                solve(profile, budget, bits=cand, pins=pins, ties=ties)
+                solve(profile, budget, bits=cand, pins=pins, ties=ties, solver=solver)
             infeasible += 1
             continue
-        plan = solve(profile, budget, bits=cand, pins=pins, ties=ties)
+        plan = solve(profile, budget, bits=cand, pins=pins, ties=ties, solver=solver)
         feasible += 1
         w = {l.name: l.w_bits for l in plan.layers}
-        assert plan.status == "Optimal"
-        assert math.isclose(plan.omega, best[0], rel_tol=1e-9, abs_tol=0.0), (plan.omega, best, w)
+        assert plan.status == "Optimal" and plan.solver == solver
+        assert math.isclose(plan.omega, best[0], rel_tol=REL_TOL[solver], abs_tol=0.0), (plan.omega, best, w)
         assert sum(l.params * w[l.name] for l in profile.layers) <= limit
         assert all(w[n] == b for n, b in pins.items())
         assert all(len({w[n] for n in t}) == 1 for t in ties)
@@ -124,15 +130,17 @@ def test_ilp_matches_brute_force_on_random_instances():
     assert feasible >= 120 and infeasible >= 15, (feasible, infeasible)
 
 
-def test_tiny_and_huge_omega_scales_are_exact():
-    """Ω differences of 1e-8 next to Ω of 1e2: the cheap-to-upgrade tiny layer must still win."""
+@pytest.mark.parametrize("solver, rel_tol", [("cbc", 1e-12)] + [("highs", 1e-9)] * ("highs" in SOLVERS))
+def test_tiny_and_huge_omega_scales_are_exact(solver, rel_tol):
+    """Ω differences of 1e-8 next to Ω of 1e2: CBC must still upgrade the cheap tiny layer; HiGHS
+    may miss it by its tolerance (1e-10 of Ω here)."""
     bits = (2, 4, 8)
     omega = [{2: 100.0, 4: 99.0, 8: 98.0}, {2: 3e-8, 4: 2e-8, 8: 1e-8}, {2: 2e-8, 4: 1.5e-8, 8: 1.4e-8}]
     profile = make_profile([10, 10, 10], omega, bits)
     for limit_avg in (2.0, 3.4, 4.0, 5.4, 6.7, 8.0):
-        plan = solve(profile, Budget(avg_bits=limit_avg), pins={})
+        plan = solve(profile, Budget(avg_bits=limit_avg), pins={}, solver=solver)
         best = brute_force(profile, bits, {}, [], math.floor(limit_avg * 30))
-        assert math.isclose(plan.omega, best[0], rel_tol=1e-12), (limit_avg, plan.assignment(), best)
+        assert math.isclose(plan.omega, best[0], rel_tol=rel_tol), (limit_avg, plan.assignment(), best)
 
 
 def test_regression_cbc_sos_preprocessing():
@@ -148,7 +156,7 @@ def test_regression_cbc_sos_preprocessing():
     ]
     profile = make_profile([4624, 4624, 3376, 686, 4032, 4080], omega, bits)
     pins, ties = {"layer3.conv": 8, "layer5.conv": 8}, [["layer2.conv", "layer3.conv"]]
-    plan = solve(profile, Budget(ratio=0.12142123963598173), bits=(3, 4, 8), pins=pins, ties=ties)
+    plan = solve(profile, Budget(ratio=0.12142123963598173), bits=(3, 4, 8), pins=pins, ties=ties, solver="cbc")
     best = brute_force(profile, (3, 4, 8), pins, ties, 113038)
     assert math.isclose(plan.omega, best[0], rel_tol=1e-9), (plan.assignment(), best)
 
@@ -329,3 +337,249 @@ def test_solve_is_deterministic_and_time_limit_accepted():
     a = solve(profile, Budget(ratio=0.37))
     b = solve(profile, Budget(ratio=0.37), time_limit=30)
     assert a.assignment() == b.assignment() and a.omega == b.omega and b.status == "Optimal"
+
+
+# ---------------------------------------------------------------------------------------------
+# several limits at once, (w, a) candidates, regex pins, graph ties, alternatives
+
+
+def _floor(x: float) -> int:
+    return math.floor(x + 1e-12 * max(1.0, abs(x)))
+
+
+def multi_instance(rng: random.Random):
+    """A small random problem: (profile, w set, a set, act_omega, latency, pins, ties)."""
+    n = rng.randint(3, 5)
+    wset = tuple(sorted(rng.sample((2, 3, 4, 8), rng.randint(1, 3))))
+    aset = rng.choice([(8,), (4, 8)])
+    if len(wset) * len(aset) ** 1 > 4:
+        n = min(n, 4)
+    params = [rng.choice([rng.randint(1, 60), rng.randint(100, 3000)]) for _ in range(n)]
+    profile = make_profile(params, [decreasing_omega(rng, (2, 3, 4, 8)) for _ in range(n)], (2, 3, 4, 8))
+    layers = tuple(LayerProfile(l.name, l.kind, l.weight_shape, l.params, rng.randint(1, 400), l.trace, l.trace_se,
+                                l.probes, l.sq_error, l.omega) for l in profile.layers)
+    profile = Profile(layers=layers, bits=profile.bits, groups=((layers[0].name, layers[1].name),),
+                      fingerprints=profile.fingerprints)
+    act = {l.name: decreasing_omega(rng, aset) for l in layers} if len(aset) > 1 else None
+    lat = {l.name: {(w, a): rng.uniform(0.01, 1.0) * (1 + (w == 2)) for w in (2, 3, 4, 8) for a in (4, 8)}
+           for l in layers}
+    names = [l.name for l in layers]
+    ties = rng.choice([[], "graph", [names[-2:]]])
+    pins: dict = {}
+    if rng.random() < 0.5:
+        w = rng.choice(wset)
+        pins[rng.choice(names)] = w if rng.random() < 0.5 else (w, rng.choice(aset))
+    if rng.random() < 0.3:  # a regular expression matching several layers
+        pins[r"layer[12]\.conv"] = rng.choice(wset)
+    return profile, wset, aset, act, lat, pins, ties
+
+
+def brute_force_multi(profile, wset, aset, act, lat, pins, ties, caps):
+    """Least Σ Ω over assignments obeying pins (names or regexes, later win), ties and every cap."""
+    names = [l.name for l in profile.layers]
+    cands = [(w, a) for w in wset for a in aset]
+    allowed = {n: cands for n in names}
+    for key, v in pins.items():
+        hit = [key] if key in names else [n for n in names if re.fullmatch(key, n)]
+        for n in hit:
+            allowed[n] = [c for c in cands if (c[0] == v if isinstance(v, int) else c == tuple(v))]
+    groups = [list(g) for g in profile.groups] if ties == "graph" else [list(t) for t in ties]
+    best = None
+    for combo in itertools.product(*(allowed[n] for n in names)):
+        wa = dict(zip(names, combo))
+        if any(len({wa[n] for n in g}) > 1 for g in groups):
+            continue
+        tot = {"w": sum(l.params * wa[l.name][0] for l in profile.layers),
+               "b": sum(l.macs * wa[l.name][0] * wa[l.name][1] for l in profile.layers),
+               "l": math.fsum(lat[l.name][wa[l.name]] for l in profile.layers)}
+        if "w" in caps and tot["w"] > _floor(caps["w"]) or "b" in caps and tot["b"] > _floor(caps["b"]) or \
+                "l" in caps and tot["l"] > caps["l"] * (1 + 1e-9):
+            continue
+        obj = math.fsum(l.omega[wa[l.name][0]] + (act[l.name][wa[l.name][1]] if act else 0.0) for l in profile.layers)
+        if best is None or obj < best[0]:
+            best = (obj, wa)
+    return best
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_multi_constraint_ilp_matches_brute_force(solver):
+    """At least 100 feasible random instances: weight, BOPs and latency limits in random subsets,
+    (w, a) candidates with activation Ω, pins by name, pair and regex, ties given or from the graph."""
+    rng = random.Random(99)
+    feasible = infeasible = 0
+    for _ in range(220):
+        profile, wset, aset, act, lat, pins, ties = multi_instance(rng)
+        P = sum(l.params for l in profile.layers)
+        M = sum(l.macs for l in profile.layers)
+        kinds = [k for k in ("w", "b", "l") if rng.random() < 0.7] or ["b"]
+        limits, caps = {}, {}
+        if "w" in kinds:
+            avg = rng.uniform(min(wset) - 0.5, max(wset) + 0.5)
+            if rng.random() < 0.5:
+                limits["avg_bits"], caps["w"] = avg, avg * P
+            else:
+                limits["megabytes"] = avg * P / 8 / 1e6
+                caps["w"] = limits["megabytes"] * 1e6 * 8
+        if "b" in kinds:
+            wa = rng.uniform(min(wset) * min(aset) * 0.8, max(wset) * max(aset))
+            limits["gbops"] = wa * M / 1e9
+            caps["b"] = limits["gbops"] * 1e9
+        if "l" in kinds:
+            limits["latency_ms"] = caps["l"] = rng.uniform(0.3, 1.2) * len(profile.layers)
+        kw = dict(bits=wset, a_bits=aset, act_omega=act, latency=lat, pins=pins, ties=ties, solver=solver)
+        try:
+            best = brute_force_multi(profile, wset, aset, act, lat, pins, ties, caps)
+        except KeyError:
+            continue
+        if best is None:
+            with pytest.raises(InfeasibleBudgetError):
+                solve(profile, Budget(**limits), **kw)
+            infeasible += 1
+            continue
+        plan = solve(profile, Budget(**limits), **kw)
+        feasible += 1
+        assert plan.status == "Optimal" and plan.gap == 0.0
+        assert math.isclose(plan.omega, best[0], rel_tol=REL_TOL[solver], abs_tol=0.0), (plan.assignment(), best)
+        wa = plan.assignment()
+        if "w" in caps:
+            assert sum(l.params * wa[l.name][0] for l in profile.layers) <= _floor(caps["w"])
+        if "b" in caps:
+            assert sum(l.macs * wa[l.name][0] * wa[l.name][1] for l in profile.layers) <= _floor(caps["b"])
+            assert plan.constraints["bops"]["slack"] >= 0
+        assert set(wa.values()) <= {(w, a) for w in wset for a in aset}
+    assert feasible >= 100 and infeasible >= 10, (feasible, infeasible)
+
+
+def test_constraint_records_objective_and_json(tmp_path):
+    profile = small_profile(n=6, seed=11)
+    plan = solve(profile, Budget(avg_bits=4.5, gbops=5.0 * sum(l.macs for l in profile.layers) * 8 / 1e9))
+    c = plan.constraints
+    wbits = sum(l.params * l.w_bits for l in plan.layers)
+    assert c["weight_bytes"]["value"] == wbits / 8 and c["weight_bytes"]["slack"] >= 0
+    assert c["weight_bytes"]["limit"] == pytest.approx(c["weight_bytes"]["value"] + c["weight_bytes"]["slack"])
+    macs = {l.name: l.macs for l in profile.layers}
+    assert c["bops"]["value"] == sum(macs[l.name] * l.w_bits * l.a_bits for l in plan.layers) <= c["bops"]["limit"]
+    d = plan.to_dict()
+    assert d["objective"] == plan.omega and d["gap"] == 0.0 and d["candidates"] == [[2, 8], [4, 8], [8, 8]]
+    assert Plan.load(plan.save(tmp_path / "p.json")) == plan
+    d["objective"] = plan.omega * 2
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    with pytest.raises(ArtifactError, match="objective"):
+        Plan.load(tmp_path / "bad.json")
+    only_bops = solve(profile, Budget(bops_ratio=0.5))
+    assert only_bops.constraints["weight_bytes"]["limit"] is None and only_bops.constraints["bops"]["limit"] > 0
+
+
+def test_infeasible_names_each_violated_limit():
+    profile = small_profile(n=5, seed=12)
+    pins = default_pins(profile)
+    lo_bits = sum(l.params * pins.get(l.name, 2) for l in profile.layers)
+    lo_bops = sum(l.macs * pins.get(l.name, 2) * 8 for l in profile.layers)
+    with pytest.raises(InfeasibleBudgetError) as e:
+        solve(profile, Budget(megabytes=lo_bits / 8e6 * 0.9, gbops=lo_bops / 1e9 * 0.5))
+    msg = str(e.value)
+    mb = float(re.search(r"smallest feasible budget is megabytes=([0-9.eE+-]+)", msg).group(1))
+    gb = float(re.search(r"smallest feasible budget is gbops=([0-9.eE+-]+)", msg).group(1))
+    assert lo_bits / 8e6 <= mb <= lo_bits / 8e6 * (1 + 1e-5) and lo_bops / 1e9 <= gb <= lo_bops / 1e9 * (1 + 1e-5)
+    solve(profile, Budget(megabytes=mb, gbops=gb))  # the named values are feasible together
+    with pytest.raises(InfeasibleBudgetError, match="gbops") as e:  # only the violated one is named
+        solve(profile, Budget(avg_bits=8, gbops=lo_bops / 1e9 * 0.5))
+    assert "avg_bits" not in str(e.value)
+
+
+def test_jointly_infeasible_limits_name_the_least_value_under_the_others():
+    """8-bit kernels are the fast ones: a tight size limit and a tight latency limit conflict."""
+    profile = small_profile(n=4, seed=13)
+    lat = {l.name: {(2, 8): 3.0, (4, 8): 2.0, (8, 8): 1.0} for l in profile.layers}
+    budget = Budget(avg_bits=3.0, latency_ms=5.0)
+    with pytest.raises(InfeasibleBudgetError, match="not together") as e:
+        solve(profile, budget, latency=lat, pins={})
+    msg = str(e.value)
+    ms = float(re.search(r"smallest feasible budget is latency_ms=([0-9.eE+-]+)", msg).group(1))
+    avg = float(re.search(r"smallest feasible budget is avg_bits=([0-9.eE+-]+)", msg).group(1))
+    plan = solve(profile, Budget(avg_bits=3.0, latency_ms=ms), latency=lat, pins={})
+    assert plan.constraints["latency_ms"]["value"] <= ms
+    solve(profile, Budget(avg_bits=avg, latency_ms=5.0), latency=lat, pins={})
+    with pytest.raises(InfeasibleBudgetError):
+        solve(profile, Budget(avg_bits=3.0, latency_ms=ms * 0.99), latency=lat, pins={})
+    with pytest.raises(ConfigError, match="latency table"):
+        solve(profile, Budget(latency_ms=5.0))
+    with pytest.raises(ConfigError, match="no row"):
+        solve(profile, budget, latency={"layer0.conv": lat["layer0.conv"]})
+
+
+def test_regex_pins_pairs_and_graph_ties_show_in_the_plan():
+    profile = small_profile(n=6, seed=14)
+    profile = Profile(layers=profile.layers, bits=profile.bits, groups=(("layer1.conv", "layer2.conv"),),
+                      fingerprints=profile.fingerprints)
+    plan = solve(profile, Budget(ratio=0.5), pins={r"layer[0-5]\.conv": 4, "layer5.conv": (8, 8)}, ties="graph")
+    a = plan.assignment()
+    assert all(a[f"layer{i}.conv"] == (4, 8) for i in range(5)) and a["layer5.conv"] == (8, 8)
+    assert plan.pin_rules == {r"layer[0-5]\.conv": 4, "layer5.conv": (8, 8)}
+    assert plan.pins["layer5.conv"] == (8, 8) and plan.pins["layer0.conv"] == 4
+    assert plan.ties == (("layer1.conv", "layer2.conv"),)
+    free = solve(profile, Budget(ratio=0.3), pins={}, ties="graph").assignment()
+    assert free["layer1.conv"] == free["layer2.conv"]
+    for pins, match in (({"conv9.*": 4}, "conv9"), ({"layer[": 4}, "regular expression"), ({"fc": "8"}, "width"),
+                        ({"layer1.conv": (8, 4)}, "candidate")):
+        with pytest.raises(ConfigError, match=re.escape(match)):
+            solve(profile, Budget(ratio=0.5), pins=pins)
+    with pytest.raises(ConfigError, match="'graph'"):
+        solve(profile, Budget(ratio=0.5), ties="shared")
+
+
+def test_activation_widths_need_activation_sensitivities():
+    profile = small_profile(n=4, seed=15)
+    with pytest.raises(ConfigError, match="activation sensitivities"):
+        solve(profile, Budget(avg_bits=4), a_bits=(4, 8))
+    act = {l.name: {4: 1.0, 8: 0.0} for l in profile.layers}
+    plan = solve(profile, Budget(avg_bits=8, bops_ratio=0.0), a_bits=(4, 8), act_omega=act, pins={})
+    assert {l.a_bits for l in plan.layers} == {4}  # the BOPs floor forces 4-bit activations
+    with pytest.raises(ConfigError, match="act_omega"):
+        solve(profile, Budget(avg_bits=4), a_bits=(4, 8), act_omega={"layer0.conv": {4: 1.0, 8: 0.0}})
+
+
+def test_alternatives_are_the_next_best_plans_that_change_enough_weights():
+    rng = random.Random(16)
+    for _ in range(6):
+        profile, cand, pins, ties = random_instance(rng)
+        budget, limit = random_budget(rng, profile, cand, pins, ties)
+        if brute_force(profile, cand, pins, ties, limit) is None:
+            continue
+        plans = alternatives(profile, budget, 2, min_change=0.2, bits=cand, pins=pins, ties=ties)
+        total = sum(l.params for l in profile.layers)
+        for i, p in enumerate(plans):
+            assert sum(l.params * l.w_bits for l in p.layers) <= limit
+            for q in plans[:i]:
+                changed = sum(l.params for l, m in zip(p.layers, q.layers) if l.w_bits != m.w_bits)
+                assert changed >= 0.2 * total
+        if len(plans) > 1:  # the first alternative is the best plan that far from the optimum
+            names = [l.name for l in profile.layers]
+            opt = plans[0].assignment()
+            best = None
+            for combo in itertools.product(*([[pins[n]] if n in pins else list(cand) for n in names])):
+                w = dict(zip(names, combo))
+                if any(len({w[n] for n in t}) > 1 for t in ties) or \
+                        sum(l.params * w[l.name] for l in profile.layers) > limit:
+                    continue
+                if sum(l.params for l in profile.layers if w[l.name] != opt[l.name][0]) < math.ceil(0.2 * total):
+                    continue
+                obj = math.fsum(l.omega[w[l.name]] for l in profile.layers)
+                best = obj if best is None else min(best, obj)
+            assert math.isclose(plans[1].omega, best, rel_tol=1e-9)
+            assert plans[1].label.endswith("-alt1")
+
+
+def test_uniform_plans_within_and_sweep():
+    profile = small_profile(bits=(2, 3, 4, 8), n=6, seed=17)
+    u4 = uniform_plan(profile, 4)
+    fit = uniform_plans_within(profile, Budget(megabytes=u4.weight_bytes / 1e6))
+    assert [p.label for p in fit] == ["uniform-w2", "uniform-w3", "uniform-w4"]
+    assert all(p.constraints["weight_bytes"]["slack"] >= 0 for p in fit)
+    plans = sweep(profile, points=7, bits=(2, 4, 8))
+    sizes = [p.budget["megabytes"] for p in plans]
+    assert sizes == sorted(sizes) and len(plans) == 7
+    assert all(p.weight_bytes <= p.budget["weight_bytes_limit"] + 1 for p in plans)
+    assert [p.omega for p in plans] == sorted((p.omega for p in plans), reverse=True)
+    with pytest.raises(ConfigError, match="drop megabytes"):
+        sweep(profile, budget=Budget(megabytes=1.0))

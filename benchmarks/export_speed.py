@@ -1,0 +1,176 @@
+"""Size and ONNX Runtime (CPU) latency of FP32, W8A8 and mixed-precision exports of the same model.
+
+    python benchmarks/export_speed.py [--models default,resnet18,mobilenet_v2] [--res 224]
+        [--targets ort,tensorrt] [--threads 1] [--repeats 50] [--out out/export_speed]
+
+Prints one JSON line per model, variant and target:
+    {"model", "variant": "fp32"|"w8a8"|"mixed", "target", "median_ms", "file_bytes", "weight_bytes",
+     "plan_weight_bytes", ...}
+- the embedded default is hawq.load_default_model() with its calibration images; resnet18 and
+  mobilenet_v2 are torchvision's with random weights (seed 0) and N(0, 1) inputs at --res;
+- fp32: the float model exported as is (opset 21); w8a8: every layer W8A8; mixed: the Hessian plan
+  at the size of uniform 4-bit weights over {2, 4, 8} bits (first/last layers pinned to 8; profiled
+  on 2 batches of 8 at 64x64 for the torchvision models, on the calibration images for the default);
+- both quantized variants use hawq.quantize(..., quantize_outputs=True) (conv outputs feeding adds
+  or pooling quantized too, so ONNX Runtime runs every 8-bit conv as QLinearConv); the tensorrt
+  target legalises the same model (symmetric activations from the same calibrated ranges, 2-bit
+  and INT4-conv layers promoted to INT8: `promoted_layers`); every export is verified
+  (hawq.export_onnx) before timing;
+- weight_bytes: what the file spends on the quantized layers' weights (codes + scales + zero
+  points; fp32: their float initializers); plan_weight_bytes: the plan's packed size (each layer's
+  weights in the smallest ONNX container for its planned bits) plus one float32 scale per output
+  channel (fp32: 4 bytes a weight);
+- median_ms: batch 1, the same input for all variants, `--repeats` runs after 5 warm-ups, timed
+  round-robin over a model's files, in one ONNX Runtime CPU session per file with --threads
+  intra-op threads (tensorrt files too: their ONNX Runtime latency says nothing of TensorRT's).
+A last line `{"summary": ...}` checks the targets: W8A8 <= 0.6x FP32 latency on resnet18 (ort),
+and weight bytes within 5% of plan_weight_bytes for every variant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch.nn import functional as F
+
+import hawq
+from hawq.graph import trace_layers
+
+TORCHVISION = ("resnet18", "mobilenet_v2")
+
+
+def load(name: str, res: int):
+    """(model, calibration batches [(x, y)], profile batches, example input)."""
+    g = torch.Generator().manual_seed(0)
+    if name == "default":
+        model = hawq.load_default_model().eval()
+        cal, _ = hawq.load_data(hawq.default_recipe())  # the 1,000 calibration images
+        return model, cal, cal[:2], cal[0][0][:1]
+    import torchvision
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    batches = [(torch.randn(8, 3, res, res, generator=g), torch.randint(0, 1000, (8,), generator=g)) for _ in range(2)]
+    prof = [(torch.randn(8, 3, 64, 64, generator=g), torch.randint(0, 1000, (8,), generator=g)) for _ in range(2)]
+    return model, batches, prof, torch.randn(1, 3, res, res, generator=g)
+
+
+def plans(model, prof_batches) -> dict[str, dict]:
+    names = trace_layers(model, prof_batches[0][0]).names
+    prof = hawq.profile(model, F.cross_entropy, prof_batches, bits=(2, 4, 8), max_probes=8, min_probes=4, rel_tol=0.2)
+    mixed = hawq.solve(prof, hawq.Budget(megabytes=hawq.uniform_plan(prof, 4).weight_bytes / 1e6), bits=(2, 4, 8))
+    return {"w8a8": {n: (8, 8) for n in names}, "mixed": dict(mixed.assignment())}
+
+
+def fp32_file(model, x, path: Path) -> tuple[int, int, int]:
+    """(file bytes, weight bytes in the file, 4 · Σ params) of the float export."""
+    prog = torch.onnx.export(model, (x,), dynamo=True, opset_version=21, optimize=False, verbose=False,
+                             input_names=["input"], output_names=["output"], dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    onnx.save(prog.model_proto, str(path))
+    names = {f"{n}.weight" for n in trace_layers(model, x).names}
+    stored = sum(len(t.raw_data) for t in prog.model_proto.graph.initializer if t.name in names)
+    params = sum(model.get_submodule(n.rsplit(".", 1)[0]).weight.numel() for n in names)
+    return path.stat().st_size, stored, 4 * params
+
+
+def plan_bytes(qmodel) -> int:
+    """The plan's packed size plus one float32 scale per output channel."""
+    from hawq.legalize import container_for, CONTAINER_BITS
+    from hawq.rewrite import quant_layers
+
+    return sum(-(-l.w_int.numel() * CONTAINER_BITS[container_for(l.w_bits, 25)] // 8) + 4 * l.w_int.shape[0]
+               for l in quant_layers(qmodel).values())
+
+
+def median_ms(paths: list[Path], x: torch.Tensor, threads: int, repeats: int, rounds: int = 5) -> list[float]:
+    """Median batch-1 latency of each file, timed round-robin (`rounds` rounds of repeats/rounds
+    runs each, after 5 warm-ups) so that load from other processes hits every variant alike."""
+    sessions = [hawq.ort_session(p, threads=threads) for p in paths]
+    feeds = [{s.get_inputs()[0].name: x.numpy()} for s in sessions]
+    for s, f in zip(sessions, feeds):
+        for _ in range(5):
+            s.run(None, f)
+    times: list[list[float]] = [[] for _ in paths]
+    for _ in range(rounds):
+        for s, f, t in zip(sessions, feeds, times):
+            for _ in range(max(1, repeats // rounds)):
+                t0 = time.perf_counter()
+                s.run(None, f)
+                t.append(time.perf_counter() - t0)
+    return [1000 * statistics.median(t) for t in times]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="default,resnet18,mobilenet_v2")
+    p.add_argument("--targets", default="ort,tensorrt")
+    p.add_argument("--res", type=int, default=224, help="input size of the torchvision models")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--out", default="out/export_speed")
+    a = p.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+
+    def emit(row: dict) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    for name in a.models.split(","):
+        model, batches, prof_batches, x = load(name, a.res)
+        fp32 = out / f"{name}_fp32.onnx"
+        file_bytes, stored, params4 = fp32_file(model, x, fp32)
+        model_rows, paths = [], [fp32]
+        for target in a.targets.split(","):
+            model_rows.append({"model": name, "variant": "fp32", "target": target, "file_bytes": file_bytes,
+                               "weight_bytes": stored, "plan_weight_bytes": params4})
+        for variant, plan in plans(model, prof_batches).items():
+            qmodel = hawq.quantize(model, plan, batches, quantize_outputs=True)  # legalised per target below
+            for target in a.targets.split(","):
+                path = out / f"{name}_{variant}_{target}.onnx"
+                t0 = time.time()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", hawq.LegalizationWarning)  # the report lists the changes
+                    rep = hawq.export_onnx(qmodel, x, path, target=target, verify_inputs=[b[0] for b in batches])
+                export_s = time.time() - t0
+                (out / f"{name}_{variant}_{target}.verify.json").write_text((path.parent / "verify.json").read_text())
+                v = rep.verification
+                kernels: dict[str, int] = {}
+                for l in rep.layers:
+                    kernels[l.ort_kernel] = kernels.get(l.ort_kernel, 0) + 1
+                paths.append(path)
+                model_rows.append({
+                    "model": name, "variant": variant, "target": target, "file_bytes": rep.file_bytes,
+                    "weight_bytes": rep.weight_bytes + rep.scale_bytes, "plan_weight_bytes": plan_bytes(qmodel),
+                    "opset": rep.opset, "promoted_layers": sorted({c.layer for c in rep.changes if c.what == "weight_bits"}),
+                    "cosine": round(v.cosine, 6), "top1_agreement": v.top1_agreement,
+                    "frac_off_by_more_than_1_step": v.frac_off_by_more_than_1_step,
+                    "plan_cosine": None if v.plan_cosine is None else round(v.plan_cosine, 6),
+                    "kernels": kernels, "export_s": round(export_s, 1)})
+        ms = median_ms(paths, x, a.threads, a.repeats)
+        timed = {p: m for p, m in zip(paths, ms)}
+        for r in model_rows:
+            key = fp32 if r["variant"] == "fp32" else out / f"{name}_{r['variant']}_{r['target']}.onnx"
+            r = {**{k: r[k] for k in ("model", "variant", "target")}, "median_ms": round(timed[key], 3),
+                 **{k: v for k, v in r.items() if k not in ("model", "variant", "target")},
+                 "res": None if name == "default" else a.res, "threads": a.threads}
+            emit(r)
+    summary = {"w8a8_over_fp32_resnet18_ort": None, "weight_bytes_within_5pct": {}}
+    by = {(r["model"], r["variant"], r["target"]): r for r in rows}
+    if ("resnet18", "w8a8", "ort") in by:
+        summary["w8a8_over_fp32_resnet18_ort"] = round(by["resnet18", "w8a8", "ort"]["median_ms"] / by["resnet18", "fp32", "ort"]["median_ms"], 3)
+    for r in rows:
+        ratio = r["weight_bytes"] / r["plan_weight_bytes"]
+        summary["weight_bytes_within_5pct"][f'{r["model"]}/{r["variant"]}/{r["target"]}'] = [round(ratio, 4), abs(ratio - 1) <= 0.05]
+    print(json.dumps({"summary": summary}))
+
+
+if __name__ == "__main__":
+    main()

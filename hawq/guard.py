@@ -1,0 +1,178 @@
+"""The measured-loss guard: never return a plan that measures worse than uniform at the same budget.
+
+The second-order estimate Ω misleads at 2 bits and on layers that hold many of the weights, so
+the ILP's optimum is only a proposal. The guard quantizes the optimum, a few next-best plans that
+differ from it in many weights (`solver.alternatives`) and every uniform plan that meets the same
+limits, calibrates each on one part of the calibration data, measures its loss on the part held
+back, and returns the plan with the least measured loss, recording every candidate.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .data import evaluate
+from .errors import ConfigError, DataError
+from .rewrite import calibrate, quantize
+from .sensitivity import Profile
+from .solver import Budget, Plan, alternatives, uniform_plans_within
+
+log = logging.getLogger(__name__)
+
+
+def split_calibration(batches: Iterable, holdout: float = 0.5) -> tuple[list, list, bool]:
+    """Split labelled calibration batches by sample into (calibrate, held back, really held out).
+
+    The first (1 − holdout) of the samples calibrate the quantizers, the rest measure the loss;
+    both keep the batch size of the first batch. With a single sample both are that sample and
+    the third value is False.
+
+    batches: (x, y) batches.
+    holdout: fraction of the samples held back, in (0, 1).
+    """
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
+        raise ConfigError(f"holdout={holdout!r} must be a fraction in (0, 1), e.g. 0.5")
+    xs, ys = [], []
+    for b in batches:
+        if not isinstance(b, (tuple, list)) or len(b) < 2:
+            raise DataError("the guard measures a loss, so it needs labelled (x, y) calibration batches")
+        xs.append(b[0])
+        ys.append(b[1])
+    if not xs:
+        raise DataError("calibration data is empty; give at least one (x, y) batch")
+    x, y = torch.cat(xs), torch.cat(ys)
+    n, size = len(y), len(ys[0])
+    if n < 2:
+        return [(x, y)], [(x, y)], False
+    cut = min(n - 1, max(1, round(n * (1 - holdout))))
+
+    def batched(a: torch.Tensor, b: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Cut into batches of the first batch's size."""
+        return [(a[i:i + size], b[i:i + size]) for i in range(0, len(b), size)]
+
+    return batched(x[:cut], y[:cut]), batched(x[cut:], y[cut:]), True
+
+
+@dataclass
+class GuardCache:
+    """What the guard reuses across plans and budgets of one model on one calibration split.
+
+    pairs: (w_bits, a_bits) → the model quantized uniformly at that pair by rewrite.quantize;
+        its fake-quant layers (their weight-scale search is the slow part) are copied into every
+        plan that uses the pair, then the plan's activations are calibrated afresh.
+    results: plan assignment → (calibration loss, accuracy) on the held-back samples.
+    """
+
+    pairs: dict[tuple[int, int], nn.Module] = field(default_factory=dict)
+    results: dict[Any, tuple[float, float]] = field(default_factory=dict)
+
+
+def quantize_plan(model: nn.Module, plan: Plan, data: Sequence, cache: GuardCache) -> nn.Module:
+    """The same module as rewrite.quantize(model, plan, data), built from cached per-pair layers.
+
+    model: the float model (unchanged).
+    plan: the per-layer widths.
+    data: calibration batches (the same for every call with this cache).
+    cache: per-pair quantized models.
+    """
+    wa = plan.assignment()
+    for pair in sorted(set(wa.values())):
+        if pair not in cache.pairs:
+            cache.pairs[pair] = quantize(model, {n: pair for n in wa}, data)
+    q = copy.deepcopy(cache.pairs[next(iter(wa.values()))])
+    for name, pair in wa.items():
+        parent, _, attr = name.rpartition(".")
+        setattr(q.get_submodule(parent) if parent else q, attr, copy.deepcopy(cache.pairs[pair].get_submodule(name)))
+    return calibrate(q, data).eval()
+
+
+def measure(model: nn.Module, plan: Plan, calibration: Sequence, held_out: Sequence,
+            cache: GuardCache | None = None) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 accuracy) on `held_out` of `model` quantized by `plan` with its
+    activations calibrated on `calibration`.
+
+    model: the float model (unchanged).
+    plan: the per-layer widths.
+    calibration: (x, y) batches for the activation quantizers.
+    held_out: (x, y) batches the loss is measured on.
+    cache: reused layers and results; only for calls with the same model and data.
+    """
+    cache = GuardCache() if cache is None else cache
+    key = tuple(sorted(plan.assignment().items()))
+    if key not in cache.results:
+        acc, loss = evaluate(quantize_plan(model, plan, calibration, cache), held_out)
+        cache.results[key] = (loss, acc)
+    return cache.results[key]
+
+
+def guard(model: nn.Module, candidates: Sequence[Plan], data: Iterable, *, holdout: float = 0.5,
+          cache: GuardCache | None = None) -> Plan:
+    """The candidate with the least measured calibration loss, with a "guard" record.
+
+    Ties go to the lower predicted Ω, then to the earlier candidate; a NaN loss ranks last.
+
+    model: the float model (unchanged).
+    candidates: plans for `model`, all meeting the same budget (labels should be distinct).
+    data: labelled calibration batches, split by split_calibration.
+    holdout: fraction of the calibration samples held back for the loss.
+    cache: reused layers and results (same model and data only).
+    """
+    if not candidates:
+        raise ConfigError("the guard needs at least one candidate plan")
+    calib, held, really = split_calibration(data, holdout)
+    cache = GuardCache() if cache is None else cache
+    rows = []
+    for i, plan in enumerate(candidates):
+        loss, acc = measure(model, plan, calib, held, cache)
+        log.info("guard: %s predicted Ω %.4g, calibration loss %.4f", plan.label, plan.omega, loss)
+        rows.append((loss if math.isfinite(loss) else math.inf, plan.omega, i, plan, acc))
+    best = min(rows, key=lambda r: r[:3])[3]
+    record = {
+        "chosen": best.label,
+        "metric": "cross-entropy on held-back calibration samples",
+        "calibration_samples": sum(len(b[1]) for b in calib),
+        "held_out_samples": sum(len(b[1]) for b in held) if really else 0,
+        "candidates": [{"label": p.label, "kind": _kind(p), "predicted_omega": p.omega, "calibration_loss": loss,
+                        "calibration_accuracy": acc, "weight_bytes": p.weight_bytes}
+                       for loss, _, _, p, acc in rows],
+    }
+    return replace(best, guard=record)
+
+
+def _kind(plan: Plan) -> str:
+    """"uniform", "optimum" or "alternative", from the plan's status and label.
+
+    plan: a candidate.
+    """
+    if plan.status == "Uniform":
+        return "uniform"
+    return "alternative" if "-alt" in plan.label else "optimum"
+
+
+def guarded_solve(profile: Profile, budget: Budget, *, model: nn.Module, data: Iterable, count: int = 3,
+                  min_change: float = 0.1, holdout: float = 0.5,
+                  cache: GuardCache | None = None, **solve_kwargs: Any) -> Plan:
+    """solve(), then the guard over the optimum, `count` alternatives and the uniform plans that
+    meet the same limits: the plan with the least measured loss, never worse than uniform.
+
+    profile: the model's profile.
+    budget: the limits.
+    model: the float model the profile was made from.
+    data: labelled calibration batches.
+    count: alternatives to the optimum (see solver.alternatives).
+    min_change: fraction of weights each alternative must change.
+    holdout: fraction of the calibration samples held back for the loss.
+    cache: reused layers and results across budgets (same model and data only).
+    solve_kwargs: bits, pins, ties, a_bits, act_omega, latency, time_limit, as in solve().
+    """
+    plans = alternatives(profile, budget, count, min_change=min_change, **solve_kwargs)
+    keep = ("pins", "a_bits", "ties", "bits", "latency")
+    uniform = uniform_plans_within(profile, budget, **{k: v for k, v in solve_kwargs.items() if k in keep})
+    return guard(model, plans + uniform, data, holdout=holdout, cache=cache)
+

@@ -1,0 +1,288 @@
+"""Per-target legalisation: what a runtime accepts, applied to a fake-quant model before export.
+
+`legalize(qmodel, target)` returns a copy of the model whose arithmetic is exactly what the
+exported ONNX computes (so verification compares like with like), one `LayerSpec` per quantized
+layer saying how its weight, input and bias are stored, and every change made to the plan.
+
+ort (ONNX Runtime CPU/CUDA; facts checked on onnxruntime 1.31-1.32):
+  - weights symmetric per output channel with an explicit all-zero zero point (QGemm fuses only
+    with one), stored in the smallest container holding their true range: 2 bits in INT2
+    (opset 25, raised only when a layer needs it), 3-4 in INT4, 5-8 in INT8, 9-16 in INT16;
+  - input activations as calibrated (unsigned with a zero point by default: the only form the
+    x86 integer kernels QLinearConv/QGemm fuse); 8-bit weights and activations run in them;
+  - Linear layers whose input stays float (a_bits=32) store W^T [K, N] per channel on axis 1 and
+    become MatMul, which ONNX Runtime fuses into MatMulNBits (2, 4 and 8 bits);
+  - INT4/INT2 conv weights only save storage: they run as DequantizeLinear + float Conv. INT2
+    weights of layers with a quantized input are stored with a leading unit dimension and a
+    Reshape after their DequantizeLinear: ONNX Runtime 1.31-1.32 otherwise fuses DQ(INT2)→Conv/Gemm
+    into QLinearConv/QGemm, which reject INT2, and the model fails to load ("Type 'tensor(int2)'
+    of input parameter ... of operator (QLinearConv) ... is invalid"). The same is done for INT2
+    float-input Linear weights whose N is not a multiple of 4: MatMulNBits computes them wrongly.
+tensorrt (TensorRT explicit quantization; from NVIDIA's docs and the onnx-tensorrt parser):
+  - symmetric only: every zero point 0; activations signed int8 per tensor (unsigned calibrated
+    ranges are re-expressed symmetrically from the same calibrated min/max);
+  - weights INT8 per output channel (axis 0); biases float (the parser dequantizes INT8/INT4/FP8
+    only), equal to the int32-rounded bias the fake-quant model adds;
+  - INT4 only as weight-only MatMul weights with block scales (block 64 or 128 along K, the
+    per-channel scale repeated, so the arithmetic is unchanged): 3-4-bit Linear layers lose their
+    input quantizer; other 2-4-bit layers and 9-16-bit weights become INT8 (a warning lists them).
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from . import quant
+from .errors import ConfigError
+from .rewrite import WEIGHT_ONLY, QuantLayer, _set_module, quant_layers
+
+TARGETS = ("ort", "tensorrt")
+BASE_OPSET = 21  # INT4/INT16 QuantizeLinear/DequantizeLinear and blocked scales
+INT2_OPSET = 25
+CONTAINER_BITS = {"INT2": 2, "INT4": 4, "INT8": 8, "INT16": 16}
+TRT_INT4_BLOCKS = (128, 64)  # block sizes TensorRT takes for INT4 weights
+
+
+class LegalizationWarning(UserWarning):
+    """A layer's plan was changed to something the target runtime accepts."""
+
+
+@dataclass(frozen=True)
+class Change:
+    layer: str  # "*" for the whole model
+    what: str  # weight_bits | activation | output | weight_only | opset
+    before: str
+    after: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    bits: int  # true range: codes in ±(2^(bits-1) - 1)
+    container: str  # INT2 | INT4 | INT8 | INT16
+    layout: str  # "OI": [out, in, ...] as PyTorch; "IO": W^T [K, N] (MatMul B); "auto": Linear's op decides
+    block_size: int | None = None  # blocked scales along the input (K) dimension; None: per channel
+    unit_dim: bool = False  # stored with a leading unit dimension and reshaped after its DequantizeLinear
+
+
+@dataclass(frozen=True)
+class ActSpec:
+    bits: int
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+
+    @property
+    def container(self) -> str:
+        if self.qmin < 0:
+            return "INT8" if self.qmin >= -128 and self.qmax <= 127 else "INT16"
+        return "UINT8" if self.qmax <= 255 else "UINT16"
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    name: str
+    kind: str  # Conv2d | Linear
+    weight: WeightSpec
+    act: ActSpec | None  # None: the input stays float
+    bias: str | None  # "int32" | "float" | None (no bias)
+    note: str = ""
+    out: ActSpec | None = None  # the output's quantizer (hawq.quantize(..., quantize_outputs=True)), if any
+
+
+@dataclass
+class Legalized:
+    target: str
+    opset: int
+    model: nn.Module  # the fake-quant model the ONNX file must match
+    layers: dict[str, LayerSpec]
+    changes: list[Change] = field(default_factory=list)
+
+
+def container_for(bits: int, opset: int) -> str:
+    """Smallest ONNX integer type holding symmetric `bits`-bit weight codes at `opset`."""
+    if bits == 2 and opset >= INT2_OPSET:
+        return "INT2"
+    if 2 <= bits <= 4:
+        return "INT4"
+    if 5 <= bits <= 8:
+        return "INT8"
+    if 9 <= bits <= 16:
+        return "INT16"
+    raise ConfigError(f"weight bits must be in 2..16, not {bits}")
+
+
+def legalize(qmodel: nn.Module, target: str = "ort", opset: int = BASE_OPSET) -> Legalized:
+    """Legalise the fake-quant `qmodel` (from hawq.quantize) for `target` ("ort" | "tensorrt").
+    `opset` is the lowest opset to use (>= 21); ort raises it to 25 when a layer has INT2 weights.
+    `qmodel` is not modified."""
+    if target not in TARGETS:
+        raise ConfigError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
+    if opset < BASE_OPSET:
+        raise ConfigError(f"opset must be >= {BASE_OPSET} (INT4/INT16 Q/DQ and blocked scales), not {opset}")
+    model = copy.deepcopy(qmodel).eval()
+    out = Legalized(target, opset, model, {})
+    rule = _ort_layer if target == "ort" else _tensorrt_layer
+    for name, layer in quant_layers(model).items():
+        new, spec, changes = rule(name, layer, out)
+        if new is not layer:
+            _set_module(model, name, new)
+        out.layers[name] = spec
+        out.changes += changes
+    promoted = [c.layer for c in out.changes if c.what == "weight_bits"]
+    if promoted:
+        warnings.warn(f"{target}: weight bits changed for {len(promoted)} layer(s) the runtime cannot run as "
+                      f"planned: {', '.join(promoted)} (see the export report's changes)", LegalizationWarning, stacklevel=3)
+    return out
+
+
+# -------------------------------------------------------------------------------------------- ort
+
+def _ort_layer(name: str, layer: QuantLayer, out: Legalized) -> tuple[QuantLayer, LayerSpec, list[Change]]:
+    changes = []
+    kind = type(layer.fp).__name__
+    if layer.w_bits == 2 and out.opset < INT2_OPSET:
+        changes.append(Change("*", "opset", str(out.opset), str(INT2_OPSET), f"INT2 weights (first: {name})"))
+        out.opset = INT2_OPSET
+    container = container_for(layer.w_bits, out.opset)
+    act = None if layer.weight_only else _act(layer)
+    if kind == "Linear" and act is None:
+        n = layer.fp.weight.shape[0]
+        if container == "INT2" and n % 4:
+            weight = WeightSpec(layer.w_bits, container, "IO", unit_dim=True)
+            note = (f"float input, INT2 with N={n} not a multiple of 4: kept from MatMulNBits (wrong results in "
+                    "ONNX Runtime 1.31-1.32 for such N), runs as DequantizeLinear + float MatMul")
+        else:
+            weight = WeightSpec(layer.w_bits, container, "IO")
+            note = "float input: MatMul with W^T [K,N] per channel on axis 1 (MatMulNBits)"
+    else:
+        weight = WeightSpec(layer.w_bits, container, "OI" if kind == "Conv2d" else "auto",
+                            unit_dim=container == "INT2" and act is not None)
+        op = "Conv" if kind == "Conv2d" else "Gemm/MatMul"
+        note = {"INT2": f"INT2 weights: a storage saving; runs as DequantizeLinear + float {op}",
+                "INT4": f"INT4 weights: a storage saving; runs as DequantizeLinear + float {op}",
+                "INT16": f"INT16 weights run as DequantizeLinear + float {op}"}.get(container, "")
+    bias = None if layer.fp.bias is None else ("float" if act is None else "int32")
+    return layer, LayerSpec(name, kind, weight, act, bias, note, _out(layer)), changes
+
+
+# --------------------------------------------------------------------------------------- tensorrt
+
+def _tensorrt_layer(name: str, layer: QuantLayer, out: Legalized) -> tuple[QuantLayer, LayerSpec, list[Change]]:
+    changes: list[Change] = []
+    kind = type(layer.fp).__name__
+    bits = layer.w_bits
+    if 2 <= bits <= 4:
+        why = _trt_int4_problem(layer)
+        if why is None:  # INT4 weight-only MatMul with block scales
+            if not layer.weight_only:
+                changes.append(Change(name, "weight_only", f"A{layer.a_bits}", "float input",
+                                      "TensorRT runs INT4 weights only as weight-only MatMul/Gemm"))
+                layer = _rebuild(layer, bits, WEIGHT_ONLY)
+            k = layer.fp.weight.shape[1]
+            block = next(b for b in TRT_INT4_BLOCKS if k % b == 0)
+            spec = LayerSpec(name, kind, WeightSpec(bits, "INT4", "IO", block), None,
+                             None if layer.fp.bias is None else "float",
+                             f"INT4 weight-only, block {block} along K (the per-channel scale repeated)")
+            return layer, spec, changes
+        changes.append(Change(name, "weight_bits", f"W{bits}", "W8", why))
+        layer, bits = _rebuild(layer, 8, layer.a_bits), 8
+    elif bits > 8:
+        changes.append(Change(name, "weight_bits", f"W{bits}", "W8", "TensorRT has no INT16 weights"))
+        layer, bits = _rebuild(layer, 8, layer.a_bits), 8
+    act = None
+    if not layer.weight_only:
+        a_bits = layer.a_bits
+        if a_bits > 8:
+            changes.append(Change(name, "activation", f"A{a_bits}", "A8", "TensorRT has no INT16 activations"))
+            a_bits = 8
+        if not layer.a_symmetric or a_bits != layer.a_bits:
+            before, before_out = _describe_act(layer), _describe_out(layer)
+            layer = _rebuild(layer, bits, a_bits, a_symmetric=True)
+            why = "TensorRT takes symmetric activations only (re-expressed from the calibrated range)"
+            changes.append(Change(name, "activation", before, _describe_act(layer), why))
+            if layer.out_bits:
+                changes.append(Change(name, "output", before_out, _describe_out(layer), why))
+        act = _act(layer)
+    if layer.out_bits and not layer.a_symmetric:  # a weight-only layer with a quantized output
+        layer = _rebuild(layer, bits, layer.a_bits, a_symmetric=True)
+    weight = WeightSpec(bits, "INT8", "OI")
+    bias = None if layer.fp.bias is None else "float"
+    return layer, LayerSpec(name, kind, weight, act, bias, out=_out(layer)), changes
+
+
+def _trt_int4_problem(layer: QuantLayer) -> str | None:
+    """Why this 2-4-bit layer cannot be a TensorRT INT4 weight, or None if it can."""
+    if layer.w_bits == 2:
+        return "TensorRT has no INT2"
+    if not isinstance(layer.fp, nn.Linear):
+        return "TensorRT takes INT4 only as weight-only MatMul/Gemm weights, not Conv"
+    n, k = layer.fp.weight.shape
+    if k % min(TRT_INT4_BLOCKS):
+        return f"TensorRT INT4 needs block scales of {' or '.join(map(str, TRT_INT4_BLOCKS))} along K; K={k}"
+    if n % 2:
+        return f"TensorRT INT4 needs an even last dimension to pack; N={n}"
+    return None
+
+
+# ----------------------------------------------------------------------------------------- shared
+
+def _act(layer: QuantLayer) -> ActSpec:
+    return ActSpec(layer.a_bits, float(layer.a_scale), int(layer.a_zero_point), int(layer.a_qmin), int(layer.a_qmax))
+
+
+def _out(layer: QuantLayer) -> ActSpec | None:
+    if not layer.out_bits:
+        return None
+    return ActSpec(layer.out_bits, float(layer.o_scale), int(layer.o_zero_point), int(layer.o_qmin), int(layer.o_qmax))
+
+
+def _describe_act(layer: QuantLayer) -> str:
+    if layer.weight_only:
+        return "float input"
+    kind = "int" if layer.a_qmin < 0 else "uint"
+    return f"{kind}{layer.a_bits} scale {layer.a_scale:.6g} zero point {layer.a_zero_point}"
+
+
+def _describe_out(layer: QuantLayer) -> str:
+    kind = "int" if layer.o_qmin < 0 else "uint"
+    return f"{kind}{layer.out_bits} scale {layer.o_scale:.6g} zero point {layer.o_zero_point}" if layer.out_bits else ""
+
+
+def _calibrated_range(layer: QuantLayer) -> tuple[float, float]:
+    lo, hi = getattr(layer, "a_lo", 0.0), getattr(layer, "a_hi", 0.0)
+    if lo == hi == 0.0 and not layer.weight_only:  # a model saved before ranges were kept
+        lo = (layer.a_qmin - layer.a_zero_point) * layer.a_scale
+        hi = (layer.a_qmax - layer.a_zero_point) * layer.a_scale
+    return lo, hi
+
+
+def _rebuild(layer: QuantLayer, w_bits: int, a_bits: int, a_symmetric: bool | None = None) -> QuantLayer:
+    """A calibrated QuantLayer with other bits, its input quantizer recomputed from the same
+    calibrated range (identical to calibrating again on the same data)."""
+    sym = layer.a_symmetric if a_symmetric is None else a_symmetric
+    if w_bits == layer.w_bits:  # keep the weight codes (recomputing them gives the same, slowly)
+        new = copy.deepcopy(layer)
+        new.a_bits, new.a_symmetric = int(a_bits), sym
+    else:
+        new = QuantLayer(layer.fp, w_bits, a_bits, layer.weight_method, sym)
+    new.a_lo, new.a_hi = _calibrated_range(layer)
+    if not new.weight_only:
+        if a_bits == layer.a_bits and sym == layer.a_symmetric:
+            new.a_scale, new.a_zero_point, new.a_qmin, new.a_qmax = layer.a_scale, layer.a_zero_point, layer.a_qmin, layer.a_qmax
+        else:
+            qparams = quant.symmetric_act_qparams if sym else quant.act_qparams
+            new.a_scale, new.a_zero_point, new.a_qmin, new.a_qmax = qparams(new.a_lo, new.a_hi, a_bits)
+    new.out_bits, new.o_lo, new.o_hi = layer.out_bits, layer.o_lo, layer.o_hi
+    if layer.out_bits:
+        if sym == layer.a_symmetric:
+            new.o_scale, new.o_zero_point, new.o_qmin, new.o_qmax = layer.o_scale, layer.o_zero_point, layer.o_qmin, layer.o_qmax
+        else:
+            qparams = quant.symmetric_act_qparams if sym else quant.act_qparams
+            new.o_scale, new.o_zero_point, new.o_qmin, new.o_qmax = qparams(new.o_lo, new.o_hi, layer.out_bits)
+    new.calibrated = True
+    return new.eval()
