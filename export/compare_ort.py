@@ -2,10 +2,11 @@
 inputs, and compare their outputs with the first one's.
 
     python export/compare_ort.py fp32=out/m_fp32.onnx w8a8=out/m_w8a8.onnx mixed=out/m_mixed.onnx \
-        [--batch 1] [--repeats 50] [--threads 1] [--provider cpu|cuda] [--seed 0]
+        [--batch 1] [--repeats 50] [--threads 1] [--provider cpu|cuda] [--seed 0] [--embedded]
 
 Inputs are N(0, 1) of the first file's input shape (its batch dimension set to --batch; the same
-array for every file). Timing is round-robin over the files (5 rounds), after 5 warm-up runs each,
+array for every file), or with --embedded the first --batch embedded Fashion-MNIST evaluation
+images (for exports of hawq's default model). Timing is round-robin over the files (5 rounds), after 5 warm-up runs each,
 so that load from other processes hits every file alike. Sessions come from hawq.ort_session,
 which applies the ONNX Runtime workarounds hawq's exports need (see export/README.md). Prints one
 JSON line per file: label, path, provider(s), median_ms, output shape, max |diff| and top-1
@@ -33,12 +34,18 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: ONNX Runtime's default)")
     p.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--embedded", action="store_true", help="use the embedded Fashion-MNIST evaluation images")
     a = p.parse_args()
     pairs = [m.split("=", 1) if "=" in m else (m, m) for m in a.models]
     sessions = [hawq.ort_session(path, providers=PROVIDERS[a.provider], threads=a.threads) for _, path in pairs]
     first = sessions[0].get_inputs()[0]
     shape = [a.batch] + [d if isinstance(d, int) else 1 for d in first.shape[1:]]
-    x = np.random.default_rng(a.seed).standard_normal(shape).astype(np.float32)
+    if a.embedded:
+        from hawq.data import calibration_and_eval
+
+        x = calibration_and_eval()[1].tensors[0][: a.batch].numpy()
+    else:
+        x = np.random.default_rng(a.seed).standard_normal(shape).astype(np.float32)
     feeds = [{s.get_inputs()[0].name: x} for s in sessions]
     outs = [s.run(None, f)[0] for s, f in zip(sessions, feeds)]
     for s, f in zip(sessions, feeds):
