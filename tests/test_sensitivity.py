@@ -97,4 +97,5 @@ def test_transformer_encoder_profiles(engine):
     assert names[0] == "embed" and names[-1] == "head" and any("linear1" in n for n in names)
     assert all(torch.isfinite(torch.tensor(l.trace)) for l in p.layers)
     q = profile(m, F.cross_entropy, data, bits=(4, 8), max_probes=4, engine=engine)
-    assert [l.trace for l in p.layers] == [l.trace for l in q.layers]  # dropout off: deterministic
+    # dropout off: the same traces (auto may time a different engine the second time: same samples, other rounding)
+    assert [l.trace for l in p.layers] == pytest.approx([l.trace for l in q.layers], rel=1e-5)
