@@ -89,9 +89,11 @@ def _torchvision(split: str, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return _normalise(ds.data.numpy()), ds.targets.long()
 
 
-def calibration_and_eval(folder: str | Path | None = None, n_calibration: int = N_CALIBRATION) -> tuple[TensorDataset, TensorDataset]:
-    """The test split cut into (calibration = first n, evaluation = the rest)."""
-    x, y = load_split("test", folder)
+def calibration_and_eval(folder: str | Path | None = None, n_calibration: int = N_CALIBRATION,
+                         download: bool = False) -> tuple[TensorDataset, TensorDataset]:
+    """The test split (see load_split for `folder` and `download`) cut into (calibration = first
+    n, evaluation = the rest)."""
+    x, y = load_split("test", folder, download=download)
     if not 0 < n_calibration < len(y):
         raise DataError(f"n_calibration must be between 1 and {len(y) - 1}, not {n_calibration}")
     return TensorDataset(x[:n_calibration], y[:n_calibration]), TensorDataset(x[n_calibration:], y[n_calibration:])

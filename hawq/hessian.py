@@ -196,7 +196,8 @@ def worst_rel_se(est: Mapping[str, TraceEstimate], importance: Mapping[str, floa
     return max((_rel(est[n]) for n in sig), default=math.inf)
 
 
-def _world() -> tuple[int, int]:
+def world() -> tuple[int, int]:
+    """(rank, world size) under torch.distributed, else (0, 1)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -243,7 +244,7 @@ def hutchinson_traces(
     state = state or TraceState(names)
     if state.names != names:
         raise ValueError("the checkpoint was made for other layers")
-    rank, world = _world()
+    rank, n_proc = world()
     max_rounds = max(1, math.ceil(max_probes / per_round))
     min_rounds = max(1, math.ceil(min_probes / per_round))
     bar = tqdm(total=max_rounds * per_round, initial=state.n, desc="hessian probes", disable=not progress or rank != 0,
@@ -253,7 +254,7 @@ def hutchinson_traces(
             if state.rounds >= min_rounds and worst_rel_se(state.estimates(), importance) <= rel_tol:
                 break
             sums = torch.zeros(2, len(names), dtype=torch.float64)
-            for b in range(rank, len(batches), world):
+            for b in range(rank, len(batches), n_proc):
                 step = state.rounds * len(batches) + b
                 x, y = batches[b]
                 vs = rademacher(params, k, seed, step)
@@ -262,7 +263,7 @@ def hutchinson_traces(
                 s = torch.stack([(v.double() * h.double()).flatten(1).sum(1) for v, h in zip(vs, hv)], 1)  # [k, L]
                 sums[0] += s.sum(0)
                 sums[1] += (s * s).sum(0)
-            if world > 1:
+            if n_proc > 1:
                 dist.all_reduce(sums)
             state.n += per_round
             state.sums = [a + float(b) for a, b in zip(state.sums, sums[0])]

@@ -72,13 +72,9 @@ def load_model(recipe: Recipe) -> torch.nn.Module:
 
 def load_data(recipe: Recipe):
     """(calibration batches, evaluation dataset)."""
-    folder = None if recipe.data_dir == "embedded" else recipe.data_dir
-    if folder == "download":
-        x, y = D.load_split("test", "data", download=True)
-        cal = torch.utils.data.TensorDataset(x[: recipe.n_calibration], y[: recipe.n_calibration])
-        ev = torch.utils.data.TensorDataset(x[recipe.n_calibration :], y[recipe.n_calibration :])
-    else:
-        cal, ev = D.calibration_and_eval(folder, recipe.n_calibration)
+    download = recipe.data_dir == "download"
+    folder = "data" if download else None if recipe.data_dir == "embedded" else recipe.data_dir
+    cal, ev = D.calibration_and_eval(folder, recipe.n_calibration, download=download)
     if recipe.n_evaluation:
         ev = torch.utils.data.TensorDataset(*(t[: recipe.n_evaluation] for t in ev.tensors))
     return list(D.loader(cal, recipe.batch_size)), ev

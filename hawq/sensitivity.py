@@ -15,7 +15,7 @@ from . import quant
 from .artifacts import fingerprint_obj, fingerprint_tensors, read_json, write_json
 from .errors import ArtifactError, DataError
 from .graph import trace_layers
-from .hessian import TraceState, hutchinson_traces
+from .hessian import TraceState, hutchinson_traces, world
 from .rewrite import fold_bn
 
 log = logging.getLogger(__name__)
@@ -184,14 +184,10 @@ def profile(
                                    omega_table(tr, sq[l.name], l.params)))
     result = Profile(tuple(layers), bits, graph.groups, tuple(est.unconverged), fingerprints,
                      {**settings, "engine": est.engine, "probes": est.probes, "rounds": est.rounds}, time.time() - t0)
-    if cache is not None and _rank() == 0:
+    if cache is not None and world()[0] == 0:
         result.save(cache)
         checkpoint.unlink(missing_ok=True)
     return result
-
-
-def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
 
 
 def _save_checkpoint(path: Path, fingerprints: dict[str, str], state: TraceState) -> None:
