@@ -1,4 +1,5 @@
-"""The embedded default model: a CIFAR-style ResNet-20 for 1x28x28 input, and its checkpoint."""
+"""The embedded models for 1x28x28 input and their checkpoints: the default CIFAR-style ResNet-20,
+and a MobileNetV2-style network (depthwise convolutions) for the quality benchmark."""
 from __future__ import annotations
 
 from importlib import resources
@@ -10,6 +11,7 @@ from torch import nn
 from .errors import ArtifactError
 
 DEFAULT_CHECKPOINT = "resnet20_fashion.pt"
+CHECKPOINTS = {"resnet20": DEFAULT_CHECKPOINT, "mobilenetv2_fashion": "mobilenetv2_fashion.pt"}
 
 
 class BasicBlock(nn.Module):
@@ -56,8 +58,70 @@ def resnet20(in_channels: int = 1, num_classes: int = 10) -> ResNet20:
     return ResNet20(in_channels, num_classes)
 
 
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 linear projection; identity skip when the
+    shape is kept."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
+        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
+                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.conv = nn.Sequential(*layers)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return x + y if self.skip else y
+
+
+class MobileNetV2Fashion(nn.Module):
+    """MobileNetV2 reduced for 28x28: stride-1 stem, stages (expansion, channels, blocks, stride)
+    (1,16,1,1) (4,24,2,2) (4,32,3,2) (4,64,3,1) (4,96,2,1), a 1x1 conv to 320, pooling, one linear."""
+
+    STAGES = ((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 3, 2), (4, 64, 3, 1), (4, 96, 2, 1))
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())]
+        cin = 16
+        for t, c, n, s in self.STAGES:
+            for i in range(n):
+                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        layers.append(nn.Sequential(nn.Conv2d(cin, 320, 1, bias=False), nn.BatchNorm2d(320), nn.ReLU6()))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(320, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def mobilenetv2_fashion(in_channels: int = 1, num_classes: int = 10) -> MobileNetV2Fashion:
+    return MobileNetV2Fashion(in_channels, num_classes)
+
+
+BUILDERS = {"resnet20": resnet20, "mobilenetv2_fashion": mobilenetv2_fashion}
+
+
+def checkpoint_path(name: str) -> Path:
+    """The embedded checkpoint of a model in BUILDERS."""
+    return Path(str(resources.files("hawq") / "assets" / CHECKPOINTS[name]))
+
+
 def default_checkpoint_path() -> Path:
-    return Path(str(resources.files("hawq") / "assets" / DEFAULT_CHECKPOINT))
+    return checkpoint_path("resnet20")
+
+
+def load_embedded(name: str) -> nn.Module:
+    """An embedded model with its trained checkpoint (FP32, eval mode)."""
+    if name not in BUILDERS:
+        raise ArtifactError(f"no embedded model {name!r}; choose one of {', '.join(BUILDERS)}")
+    return load_checkpoint(BUILDERS[name](), checkpoint_path(name))
 
 
 def load_default_model() -> ResNet20:

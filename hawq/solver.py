@@ -1445,6 +1445,29 @@ def uniform_plan(profile: Profile, w_bits: int, *, pins: Mapping[str, Any] | Non
     return plan if latency is None else replace(plan, constraints=_constraint_records(profile, wa, {}, latency))
 
 
+def fixed_plan(profile: Profile, assignment: Mapping[str, Any], *, label: str, pins: Mapping[str, Any] | None = None,
+               bits: Sequence[int] | None = None, budget: Budget | None = None) -> Plan:
+    """A Plan for widths chosen elsewhere (a baseline allocator, a hand-written plan), with the
+    same totals, Ω and constraint records as a solved plan; status "Fixed".
+
+    profile: per-layer params, MACs and Ω(bits).
+    assignment: layer name → weight width or (w_bits, a_bits) pair, for every profiled layer.
+    label: the plan's short name.
+    pins: pin rules the assignment must respect (see solve); None for default_pins, {} for none.
+    bits: the candidate weight widths (None: profile.bits).
+    budget: limits to record the plan's slack against (not enforced).
+    """
+    wa = _widths(profile, assignment)
+    p = _problem(profile, bits=bits, a_bits=sorted({a for _, a in wa.values()}), pins=pins, ties=())
+    for u, members in enumerate(p.units):
+        name = profile.layers[members[0]].name
+        if wa[name] not in p.allowed[u]:
+            raise ConfigError(f"layer {name} at {wa[name]} is not allowed (candidates {_fmt_cands(p.allowed[u])})")
+    caps = budget._caps(p) if budget is not None else {}
+    record = _budget_record(budget, caps) if budget is not None else {}
+    return _make_plan(p, wa, caps=caps, budget=record, status="Fixed", gap=None, seconds=0.0, label=label)
+
+
 def uniform_plans_within(profile: Profile, budget: Budget, *, pins: Mapping[str, Any] | None = None,
                          a_bits: int | Sequence[int] = 8, ties: Sequence[Sequence[str]] | str = (),
                          bits: Sequence[int] | None = None,

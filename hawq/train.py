@@ -1,6 +1,7 @@
-"""Train the embedded default (ResNet-20 on the Fashion-MNIST train split).
+"""Train an embedded model on the Fashion-MNIST train split.
 
     python -m hawq.train --epochs 4 --out hawq/assets/resnet20_fashion.pt
+    python -m hawq.train --model mobilenetv2_fashion --epochs 4 --out hawq/assets/mobilenetv2_fashion.pt
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from . import data as D
-from .models import resnet20
+from .models import BUILDERS
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int = 128,
@@ -53,6 +54,7 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(BUILDERS), default="resnet20")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
@@ -61,12 +63,12 @@ def main() -> None:
     p.add_argument("--out", required=True)
     a = p.parse_args()
     x, y = D.load_split("train", a.data_dir)
-    model = train(resnet20(), x, y, a.epochs, a.batch_size, a.lr, a.seed)
+    model = train(BUILDERS[a.model](), x, y, a.epochs, a.batch_size, a.lr, a.seed)
     cal, ev = D.calibration_and_eval()
     acc_cal, _ = D.evaluate(model, cal)
     acc_ev, _ = D.evaluate(model, ev)
     torch.save(model.state_dict(), a.out)
-    print(json.dumps({"epochs": a.epochs, "calibration_accuracy": acc_cal, "eval_accuracy": acc_ev, "out": a.out}))
+    print(json.dumps({"model": a.model, "epochs": a.epochs, "calibration_accuracy": acc_cal, "eval_accuracy": acc_ev, "out": a.out}))
 
 
 if __name__ == "__main__":
