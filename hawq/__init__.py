@@ -14,6 +14,7 @@ from .onnx_verify import ort_session
 from .pipeline import RunResult, load_data, load_model, run_recipe, table
 from .recipe import Recipe, default_recipe, load_recipe
 from .rewrite import fold_bn, quantize
+from .finetune import FinetuneResult, ShuffledBatches, finetune, train_split_batches
 from .sensitivity import LayerProfile, Profile, profile
 from .solver import Budget, LayerChoice, Plan, alternatives, solve, sweep, uniform_plan, uniform_plans_within
 from .frontier import Frontier, pareto
@@ -24,6 +25,7 @@ from .report import frontier_summary
 __version__ = "0.1.0"
 
 __all__ = [
+    "FinetuneResult", "ShuffledBatches", "finetune", "train_split_batches",
     "Frontier", "LatencyTable", "alternatives", "frontier_summary", "guarded_solve", "measure_latency", "pareto", "sweep", "uniform_plans_within",
     "Budget", "ExportReport", "HawqError", "LayerChoice", "LegalizationWarning", "LayerProfile", "Plan", "Profile", "Recipe", "RunResult",
     "default_recipe", "evaluate", "export_onnx", "fold_bn", "load_data", "load_default_model", "load_model",

@@ -89,6 +89,57 @@ def fake_quant_act(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qm
     return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
 
 
+class _WeightSTE(torch.autograd.Function):
+    """quantize_weight(w, scale, bits) · scale forward; the straight-through gradient backward."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+        qmax = weight_qmax(bits)
+        s = scale.reshape(-1, *([1] * (w.dim() - 1)))
+        r = torch.round(w / s)
+        ctx.save_for_backward((r >= -qmax) & (r <= qmax))
+        return torch.clamp(r, -qmax, qmax) * s
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        inside, = ctx.saved_tensors
+        return grad * inside, None, None
+
+
+def fake_quant_weight_ste(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """The dequantized weight at a fixed per-channel `scale`, bit for bit what
+    `quantize_weight(w, scale, bits) * scale` gives, differentiable in `w` by the straight-through
+    estimator: the gradient passes unchanged where the rounded code lies in ±qmax (as torch's
+    fake_quantize kernels decide) and is zero where it was clipped. `scale` gets no gradient."""
+    return _WeightSTE.apply(w, scale.detach(), int(bits))
+
+
+def fake_quant_act_ste(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: int) -> torch.Tensor:
+    """`fake_quant_act` for training: the same kernel, whose backward is already the
+    straight-through estimator (identity where round(x/scale)+zero_point lies in [qmin, qmax],
+    zero where clipped). Named apart so the training path says what it relies on."""
+    return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
+
+
+class _BiasSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, b: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        q = torch.round(b / s)
+        ctx.save_for_backward((q >= -(2**31)) & (q <= 2**31 - 1))
+        return torch.clamp(q, -(2**31), 2**31 - 1) * s
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        inside, = ctx.saved_tensors
+        return grad * inside, None
+
+
+def fake_quant_bias_ste(b: torch.Tensor, w_scale: torch.Tensor, a_scale: float) -> torch.Tensor:
+    """The dequantized int32 bias of `quantize_bias` (bit for bit), with the straight-through
+    gradient in `b` (zero only where the int32 range clips)."""
+    return _BiasSTE.apply(b, (w_scale * a_scale).detach())
+
+
 def quantize_bias(b: torch.Tensor, w_scale: torch.Tensor, a_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(int32 codes, dequantized bias) at scale s_w · s_a per output channel."""
     s = w_scale * a_scale

@@ -1,37 +1,131 @@
-"""Markdown report of a run: accuracy table, per-layer profile and chosen bits, export check."""
+"""The run report: the rows both writers show (this module), the Markdown report, the Pareto plot.
+
+`layer_rows`, `accuracy_cells`, `guard_rows` and `change_cells` gather what a report shows, as
+plain values and strings; `write_report` renders them as Markdown, hawq.report_html as HTML.
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from .artifacts import atomic_write_text
 
+ACCURACY_HEAD = ("method", "budget", "accuracy", "weight MB", "avg bits")
+GUARD_HEAD = ("candidate", "kind", "predicted Ω", "calibration loss", "held-back accuracy", "weight bytes")
+CHANGE_HEAD = ("layer", "what changed", "why")
+GUARD_NOTE = ("Each mixed plan is the candidate with the least cross-entropy on held-back calibration samples "
+              "among the ILP optimum, next-best plans that change at least 10% of the weights' widths, and every "
+              "uniform plan within the same budget.")
 
-def accuracy_table(rows: Sequence) -> list[str]:
-    out = ["| method | budget | accuracy | weight MB | avg bits |", "|---|---|---|---|---|"]
-    for r in rows:
-        b = "–" if r.budget_bits is None else f"W{r.budget_bits:g} size"
-        out.append(f"| {r.method} | {b} | {100 * r.accuracy:.2f}% | {r.weight_bytes / 1e6:.4f} | {r.avg_bits:.2f} |")
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One profiled layer as the reports show it.
+
+    name: the layer's module name.
+    params: weight parameter count.
+    trace: Hutchinson estimate of Tr(H); ci95: its 95% interval; probes: probes it took.
+    omega: Ω at each of the profile's bit widths, ascending.
+    bits: the weight bits each plan chose for it, in the plans' order.
+    """
+
+    name: str
+    params: int
+    trace: float
+    ci95: tuple[float, float]
+    probes: int
+    omega: tuple[float, ...]
+    bits: tuple[int, ...]
+
+    @property
+    def plans_differ(self) -> bool:
+        """Whether the plans give this layer different weight widths."""
+        return len(set(self.bits)) > 1
+
+
+def layer_rows(profile, plans: Mapping) -> list[LayerRow]:
+    """One LayerRow per profiled layer, in execution order.
+
+    profile: a hawq Profile.
+    plans: plan name → Plan for that profile.
+    """
+    bits = sorted(profile.bits)
+    choice = [p.assignment() for p in plans.values()]
+    return [LayerRow(l.name, l.params, l.trace, l.ci95, l.probes, tuple(l.omega[b] for b in bits),
+                     tuple(c[l.name][0] for c in choice)) for l in profile.layers]
+
+
+def accuracy_cells(row) -> tuple[str, ...]:
+    """The ACCURACY_HEAD cells of one pipeline Row."""
+    b = "–" if row.budget_bits is None else f"W{row.budget_bits:g} size"
+    return (row.method, b, f"{100 * row.accuracy:.2f}%", f"{row.weight_bytes / 1e6:.4f}", f"{row.avg_bits:.2f}")
+
+
+def guard_caption(g: Mapping[str, Any]) -> str:
+    """What a guard record chose among, as a sentence after "chose X".
+
+    g: a Plan's guard record.
+    """
+    return (f"among {len(g['candidates'])} candidates (quantizers calibrated on {g.get('calibration_samples', '?')} "
+            f"samples, loss measured on {g.get('held_out_samples', '?')} held-back samples).")
+
+
+def guard_rows(g: Mapping[str, Any]) -> list[tuple[bool, tuple[str, ...]]]:
+    """Per candidate of a guard record: (whether it was chosen, its GUARD_HEAD cells).
+
+    g: a Plan's guard record.
+    """
+    out = []
+    for c in g["candidates"]:
+        acc = c.get("calibration_accuracy")
+        out.append((c["label"] == g["chosen"], (
+            str(c["label"]), str(c.get("kind", "")), f"{c['predicted_omega']:.4g}", f"{c['calibration_loss']:.4f}",
+            "" if acc is None else f"{100 * acc:.1f}%", str(c.get("weight_bytes", "")))))
     return out
 
 
+def guarded(plans: Mapping) -> list[tuple[str, Mapping[str, Any]]]:
+    """(name, guard record) of the plans that have one.
+
+    plans: plan name → Plan.
+    """
+    return [(n, p.guard) for n, p in plans.items() if getattr(p, "guard", None)]
+
+
+def change_cells(change) -> tuple[str, str, str]:
+    """The CHANGE_HEAD cells of one legaliser Change: layer ("whole model" for "*"), what, why."""
+    layer = "whole model" if change.layer == "*" else change.layer
+    return layer, f"{change.what}: {change.before} → {change.after}", change.reason
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def accuracy_table(rows: Sequence) -> list[str]:
+    """Markdown lines: the accuracy table of the pipeline's Rows."""
+    return [_md_row(ACCURACY_HEAD), "|" + "---|" * len(ACCURACY_HEAD)] + [_md_row(accuracy_cells(r)) for r in rows]
+
+
 def layer_table(profile, plans: Mapping) -> list[str]:
-    bits = sorted(profile.bits)
-    names = list(plans)
-    head = ["layer", "params", "trace", "95% CI", "probes"] + [f"Ω({b})" for b in bits] + names
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    choice = {n: p.assignment() for n, p in plans.items()}
-    for l in profile.layers:
-        lo, hi = l.ci95
-        cells = [f"`{l.name}`", str(l.params), f"{l.trace:.4g}", f"[{lo:.3g}, {hi:.3g}]", str(l.probes)]
-        cells += [f"{l.omega[b]:.3g}" for b in bits]
-        cells += [str(choice[n][l.name][0]) for n in names]
-        out.append("| " + " | ".join(cells) + " |")
+    """Markdown lines: per layer, its profile and the weight bits each plan chose."""
+    head = ["layer", "params", "trace", "95% CI", "probes"] + [f"Ω({b})" for b in sorted(profile.bits)] + list(plans)
+    out = [_md_row(head), "|" + "---|" * len(head)]
+    for r in layer_rows(profile, plans):
+        lo, hi = r.ci95
+        out.append(_md_row([f"`{r.name}`", str(r.params), f"{r.trace:.4g}", f"[{lo:.3g}, {hi:.3g}]", str(r.probes)]
+                           + [f"{o:.3g}" for o in r.omega] + [str(b) for b in r.bits]))
     return out
 
 
 def export_lines(report, plan_name: str) -> list[str]:
+    """Markdown lines: the exported file, its verification and the legaliser's changes."""
     out = [f"Exported plan `{plan_name}` to `{Path(report.path).name}` (opset {report.opset}): "
            f"{report.file_bytes} bytes on disk, {report.weight_bytes} bytes of quantized weights "
            f"(plan: {report.plan_weight_bytes:.0f} bytes; packed containers: {report.packed_weight_bytes:.0f})."]
@@ -41,11 +135,27 @@ def export_lines(report, plan_name: str) -> list[str]:
         out.append(f"ONNX Runtime against the PyTorch fake-quant model on {v.samples} calibration inputs: "
                    f"top-1 agreement {v.top1_agreement}, cosine {v.cosine:.6f}, max |diff| {v.max_abs_diff:.3g} "
                    f"({v.max_diff_steps:.2f} steps), {100 * v.frac_off_by_more_than_1_step:.3f}% of outputs off by more than one step.")
+    out.append("")
+    if not report.changes:
+        out.append(f"The legaliser for target `{report.target}` changed nothing: the plan is exported as planned.")
+        return out
+    out += [f"The legaliser's changes for target `{report.target}` ({len(report.changes)}):", ""]
+    for c in report.changes:
+        layer, what, why = change_cells(c)
+        out.append(f"- {layer if c.layer == '*' else f'`{layer}`'}: {what} — {why}")
     return out
 
 
 def write_report(path: str | Path, title: str, profile, plans: Mapping, rows: Sequence, export_report, export_name: str,
                  frontier=None) -> Path:
+    """Write the Markdown report (report.md) of a run; hawq.report_html writes the same as HTML.
+
+    path: the file.
+    title: the recipe's name.
+    profile, plans (name → Plan), rows (the pipeline's accuracy Rows): what was computed.
+    export_report, export_name: the ExportReport and the name of the plan it exported.
+    frontier: the Pareto Frontier, if one was swept.
+    """
     lines = [f"# hawq report: {title}", "", "## Accuracy at each budget", ""]
     lines += accuracy_table(rows)
     lines += ["", "## Per-layer profile and chosen weight bits", "",
@@ -55,12 +165,9 @@ def write_report(path: str | Path, title: str, profile, plans: Mapping, rows: Se
         lines.append(f"Layers that did not reach the target: {', '.join(profile.unconverged)}.")
     lines.append("")
     lines += layer_table(profile, plans)
-    guarded = guard_table(plans)
-    if guarded:
-        lines += ["", "## Measured-loss guard", "",
-                  "Each mixed plan is the candidate with the least cross-entropy on held-back calibration samples "
-                  "among the ILP optimum, next-best plans that change at least 10% of the weights' widths, and every "
-                  "uniform plan within the same budget."] + guarded
+    guard = guard_table(plans)
+    if guard:
+        lines += ["", "## Measured-loss guard", "", GUARD_NOTE] + guard
     if frontier is not None:
         lines += ["", "## Pareto frontier", "", "![Pareto frontier](frontier.svg)", "",
                   f"{len(frontier.points)} non-dominated plans (`frontier.json`, `frontier.csv`); highlighted: "
@@ -79,21 +186,12 @@ def guard_table(plans: Mapping) -> list[str]:
     plans: name → Plan; plans without a guard record are skipped.
     """
     out = []
-    for name, plan in plans.items():
-        g = getattr(plan, "guard", None)
-        if not g:
-            continue
-        out += ["", f"`{name}`: chose **{g['chosen']}** among {len(g['candidates'])} candidates "
-                f"(quantizers calibrated on {g.get('calibration_samples', '?')} samples, loss measured on "
-                f"{g.get('held_out_samples', '?')} held-back samples).", "",
-                "| candidate | kind | predicted Ω | calibration loss | held-back accuracy | weight bytes |",
-                "|---|---|---|---|---|---|"]
-        for c in g["candidates"]:
-            b = "**" if c["label"] == g["chosen"] else ""
-            acc = c.get("calibration_accuracy")
-            out.append(f"| {b}{c['label']}{b} | {c.get('kind', '')} | {c['predicted_omega']:.4g} | "
-                       f"{c['calibration_loss']:.4f} | {'' if acc is None else f'{100 * acc:.1f}%'} | "
-                       f"{c.get('weight_bytes', '')} |")
+    for name, g in guarded(plans):
+        out += ["", f"`{name}`: chose **{g['chosen']}** {guard_caption(g)}", "",
+                _md_row(GUARD_HEAD), "|" + "---|" * len(GUARD_HEAD)]
+        for chosen, cells in guard_rows(g):
+            b = "**" if chosen else ""
+            out.append(_md_row([f"{b}{cells[0]}{b}", *cells[1:]]))
     return out
 
 
@@ -119,6 +217,28 @@ def _ticks(lo: float, hi: float, n: int = 6) -> list[float]:
     step = _nice_step(hi - lo, n)
     first = math.ceil(lo / step - 1e-9) * step
     return [round(first + i * step, 12) for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _label_spot(x: float, y: float, width: float, height: float, marks: Sequence[tuple[float, float]],
+                box: tuple[float, float, float, float]) -> tuple[str, float, float]:
+    """Where a text block goes beside the marker at (x, y): (text-anchor, x, first baseline's y).
+
+    Tries below-left (empty beside a frontier point: nothing dominates it), above-right (clear of
+    the staircase), above-left, below-right; takes the first inside `box` with no marker under it.
+    width, height: the block's size; marks: other markers' centres; box: the plot's (x0, y0, x1, y1).
+    """
+    x0, y0, x1, y1 = box
+    spots = [("end", x - 14, y + 24), ("start", x + 14, y - 12 - height), ("end", x - 14, y - 12 - height),
+             ("start", x + 14, y + 24)]
+
+    def free(anchor: str, tx: float, ty: float) -> bool:
+        left = tx - width if anchor == "end" else tx
+        top, bottom = ty - 12, ty - 12 + height
+        inside = left >= x0 + 4 and left + width <= x1 - 4 and top >= y0 + 2 and bottom <= y1 - 2
+        return inside and not any(left - 8 <= mx <= left + width + 8 and top - 8 <= my <= bottom + 8
+                                  for mx, my in marks)
+
+    return next((s for s in spots if free(*s)), spots[1])
 
 
 def _num(v: float) -> str:
@@ -267,10 +387,12 @@ def frontier_svg(frontier, title: str = "") -> str:
     if chosen is not None:
         x, y = X(frontier.x(chosen)), Y(chosen.omega)
         s.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="11" fill="none" stroke="#dc2626" stroke-width="2.5"/>')
-        txt = f"chosen: {chosen.label} · {chosen.avg_bits:.2f} avg bits · Ω {chosen.omega:.3g}"
-        anchor, tx = ("end", x - 16) if x > (x0 + x1) / 2 else ("start", x + 16)
-        s.append(f'<text x="{tx:.1f}" y="{y + 26:.1f}" font-size="12.5" font-weight="bold" text-anchor="{anchor}" '
-                 f'fill="#b91c1c" {halo}>{escape(txt)}</text>')
+        txt = [f"chosen: {chosen.label}", f"{chosen.avg_bits:.2f} avg bits · Ω {chosen.omega:.3g}"]
+        marks = [(X(frontier.x(p)), Y(p.omega)) for p in every if p is not chosen]
+        anchor, tx, ty = _label_spot(x, y, 7.2 * max(map(len, txt)), 15 * len(txt), marks, (x0, y0, x1, y1))
+        for i, t in enumerate(txt):
+            s.append(f'<text x="{tx:.1f}" y="{ty + 15 * i:.1f}" font-size="12.5" font-weight="bold" '
+                     f'text-anchor="{anchor}" fill="#b91c1c" {halo}>{escape(t)}</text>')
     # legend
     lx, ly = x1 - 226, y0 + 14
     s.append(f'<rect x="{lx - 12}" y="{ly - 12}" width="230" height="{84 if chosen is not None else 62}" rx="4" '

@@ -70,6 +70,7 @@ class QuantLayer(nn.Module):
     a_symmetric = False
     a_lo = a_hi = o_lo = o_hi = 0.0
     out_bits: int | None = None
+    qat = False  # training path on (see enable_qat); off by default and in modules pickled before it existed
 
     def __init__(self, fp: nn.Module, w_bits: int, a_bits: int, weight_method: str = "mse",
                  a_symmetric: bool = False) -> None:
@@ -110,6 +111,30 @@ class QuantLayer(nn.Module):
         self.observer = self.out_observer = None
         self.calibrated = True
 
+    def enable_qat(self) -> QuantLayer:
+        """Turn the training path on: the forward fake-quantizes `fp.weight` (and the bias) on the
+        fly with the straight-through estimator at the frozen `w_scale` and the calibrated input
+        qparams, so gradients reach the float weights. Call `freeze()` when done."""
+        if not self.calibrated:
+            raise RuntimeError("QuantLayer.enable_qat before calibration; call hawq.quantize with data first")
+        self.qat = True
+        return self
+
+    @torch.no_grad()
+    def refresh(self) -> QuantLayer:
+        """Recompute `w_int` and `w_fq` from the current `fp.weight` at the same `w_scale` (the
+        export reads them; `bias_int` follows `fp.bias` by itself)."""
+        q = quant.quantize_weight(self.fp.weight.detach(), self.w_scale, self.w_bits)
+        self.w_int = q.to(self.w_int.dtype)
+        self.w_fq = q * self.w_scale.reshape(-1, *([1] * (q.dim() - 1)))
+        return self
+
+    def freeze(self) -> QuantLayer:
+        """`refresh()` and turn the training path off: the layer is again a plain fake-quant layer."""
+        self.refresh()
+        self.qat = False
+        return self
+
     @property
     def weight_only(self) -> bool:
         return self.a_bits == WEIGHT_ONLY
@@ -129,6 +154,8 @@ class QuantLayer(nn.Module):
             return y
         if not self.calibrated:
             raise RuntimeError("QuantLayer used before calibration; call hawq.quantize with data")
+        if self.qat:
+            return self._forward_qat(x)
         if self.weight_only:
             xq, b = x, self.fp.bias
         else:
@@ -143,10 +170,24 @@ class QuantLayer(nn.Module):
             y = quant.fake_quant_act(y, self.o_scale, self.o_zero_point, self.o_qmin, self.o_qmax)
         return y
 
+    def _forward_qat(self, x: torch.Tensor) -> torch.Tensor:
+        w = quant.fake_quant_weight_ste(self.fp.weight, self.w_scale, self.w_bits)
+        if self.weight_only:
+            xq, b = x, self.fp.bias
+        else:
+            xq = quant.fake_quant_act_ste(x, self.a_scale, self.a_zero_point, self.a_qmin, self.a_qmax)
+            b = None if self.fp.bias is None else quant.fake_quant_bias_ste(self.fp.bias, self.w_scale, self.a_scale)
+        f = self.fp
+        y = F.conv2d(xq, w, b, f.stride, f.padding, f.dilation, f.groups) if isinstance(f, nn.Conv2d) else F.linear(xq, w, b)
+        if self.out_bits:
+            y = quant.fake_quant_act_ste(y, self.o_scale, self.o_zero_point, self.o_qmin, self.o_qmax)
+        return y
+
     def extra_repr(self) -> str:
         sym = ", a_symmetric=True" if self.a_symmetric else ""
         out = f", out_bits={self.out_bits}" if self.out_bits else ""
-        return f"{type(self.fp).__name__}, w_bits={self.w_bits}, a_bits={self.a_bits}{sym}{out}"
+        qat = ", qat=True" if self.qat else ""
+        return f"{type(self.fp).__name__}, w_bits={self.w_bits}, a_bits={self.a_bits}{sym}{out}{qat}"
 
 
 def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
