@@ -101,6 +101,66 @@ def cmd_quantize(a) -> None:
     print(f"{plan.label}: accuracy {acc:.4f} (loss {loss:.4f}) on {len(ev)} images -> {a.out}")
 
 
+def _positive(kind):
+    def parse(s: str):
+        try:
+            v = kind(s)
+        except ValueError:
+            v = None
+        if v is None or not v > 0 or v != v or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, not {s!r}")
+        return v
+    return parse
+
+
+def _fraction(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        v = -1.0
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], not {s!r}")
+    return v
+
+
+def _train_batches(a, r: hawq.Recipe, batches) -> hawq.ShuffledBatches:
+    seed = r.seed if a.seed is None else a.seed
+    if a.train_data == "embedded":
+        x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        return hawq.ShuffledBatches(x, y, min(a.batch_size, len(y)), seed, augment=True)
+    try:
+        return hawq.train_split_batches(a.train_data, a.batch_size, seed)
+    except hawq.HawqError as e:  # keep what went wrong, replace the advice meant for other commands
+        raise hawq.HawqError(f"no Fashion-MNIST train split: {str(e).split('; ')[0]}; pass --train-data FOLDER with "
+                             "train-*-ubyte[.gz], or --train-data embedded to fine-tune on the calibration images")
+
+
+def cmd_finetune(a) -> None:
+    r = _recipe(a.recipe)
+    plan = hawq.Plan.load(a.plan)
+    model, (batches, ev) = hawq.load_model(r), hawq.load_data(r)
+    train = _train_batches(a, r, batches)
+    q = hawq.quantize(model, plan, batches)
+    fp_acc, _ = hawq.evaluate(model, ev)
+    acc0, loss0 = hawq.evaluate(q, ev)
+    print(f"fp32: accuracy {fp_acc:.4f} on {len(ev)} images")
+    print(f"{plan.label} before fine-tuning: accuracy {acc0:.4f} (loss {loss0:.4f})", flush=True)
+    res = hawq.finetune(q, train, steps=a.steps, lr=a.lr, optimizer=a.optimizer, teacher=model if a.distill else None,
+                        distill_weight=a.distill_weight, temperature=a.temperature, checkpoint=a.checkpoint,
+                        checkpoint_every=a.checkpoint_every, seed=r.seed if a.seed is None else a.seed,
+                        progress=not a.quiet)
+    acc1, loss1 = hawq.evaluate(res.model, ev)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(a.out) + ".tmp")
+    torch.save({"model": res.model, "inputs": batches[0][0], "plan": plan.to_dict(), "finetune": res.summary()}, tmp)
+    tmp.replace(a.out)
+    gap = fp_acc - acc0
+    recovered = f", {100 * (acc1 - acc0) / gap:.0f}% of the gap to fp32 recovered" if gap > 0 else ""
+    resumed = "" if res.resumed_from is None else f", resumed from step {res.resumed_from}"
+    print(f"{plan.label} after {res.steps} steps ({res.seconds:.0f} s{resumed}; training loss {res.loss_start():.4f} "
+          f"-> {res.loss_end():.4f}): accuracy {acc1:.4f} (loss {loss1:.4f}){recovered} -> {a.out}")
+
+
 def cmd_export(a) -> None:
     try:
         blob = torch.load(a.qmodel, map_location="cpu", weights_only=False)
@@ -148,6 +208,7 @@ def cmd_latency(a) -> None:
 
 def cmd_run(a) -> None:
     r = hawq.load_recipe(a.recipe)
+    r = r.smoke() if a.smoke else r
     _print_run(hawq.run_recipe(r, a.out or f"out/{r.name}", progress=not a.quiet, guard=not a.no_guard),
                a.out or f"out/{r.name}")
 
@@ -250,6 +311,29 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="qmodel.pt")
     s.set_defaults(fn=cmd_quantize)
 
+    s = sub.add_parser("finetune", help="quantize by a plan, then recover accuracy by short quantization-aware "
+                       "fine-tuning; writes what `hawq quantize` writes")
+    s.add_argument("recipe", nargs="?", help=rec_help)
+    s.add_argument("--plan", required=True)
+    s.add_argument("--steps", type=_positive(int), default=300, help="optimizer steps (default 300)")
+    s.add_argument("--lr", type=_positive(float), default=5e-3, help="peak learning rate, cosine-decayed to 0 (default 5e-3)")
+    s.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="sgd (momentum 0.9, default) or adam")
+    s.add_argument("--batch-size", type=_positive(int), default=128, help="training batch size (default 128)")
+    s.add_argument("--train-data", metavar="FOLDER|embedded",
+                   help="training images: a folder with the Fashion-MNIST train split (train-*-ubyte[.gz]); default "
+                        "Debian's /usr/share/datasets/fashion-mnist; 'embedded': the recipe's calibration images only "
+                        "(shifted and flipped), which needs no dataset but may overfit")
+    s.add_argument("--distill", action="store_true", help="distil from the FP32 model (KL on softened logits, "
+                   "mixed with cross entropy, as HAWQ-V3)")
+    s.add_argument("--distill-weight", type=_fraction, default=0.5, help="weight of the distillation term (default 0.5)")
+    s.add_argument("--temperature", type=_positive(float), default=2.0, help="distillation temperature (default 2)")
+    s.add_argument("--checkpoint", help="save the run here periodically and resume from it when it exists")
+    s.add_argument("--checkpoint-every", type=_positive(int), default=50, help="steps between checkpoints (default 50)")
+    s.add_argument("--seed", type=int, help="data order and augmentation seed (default: the recipe's)")
+    s.add_argument("--out", default="qmodel.pt")
+    s.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar or info logs")
+    s.set_defaults(fn=cmd_finetune)
+
     s = sub.add_parser("export", help="QDQ ONNX from `hawq quantize` output, verified in onnxruntime")
     s.add_argument("qmodel", help="file written by `hawq quantize`")
     s.add_argument("--out", default="model.onnx")
@@ -263,6 +347,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("recipe")
     s.add_argument("--out", help="output folder (default out/<recipe name>)")
     s.add_argument("--no-guard", action="store_true", help="take the ILP's optimum without measuring the alternatives")
+    s.add_argument("--smoke", action="store_true",
+                   help="a smoke run of the recipe's model through every stage: random weights, 4-8 embedded or "
+                        "random images, 2 probes, the exported budget only; needs no checkpoint or data set "
+                        "(default out/<recipe name>-smoke)")
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("demo", help="the whole pipeline on the embedded ResNet-20 / Fashion-MNIST")
