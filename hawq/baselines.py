@@ -60,13 +60,15 @@ def random_sensitivity(profile: Profile, seed: int) -> dict[str, float]:
 
 
 def eigen_sensitivity(model: nn.Module, loss_fn: Callable, batch: tuple[torch.Tensor, torch.Tensor],
-                      profile: Profile, *, iters: int = 20, tol: float = 1e-3, seed: int = 0) -> dict[str, float]:
+                      profile: Profile, *, iters: int = 20, tol: float = 1e-3, seed: int = 0,
+                      engine: str = "double_backward_batched") -> dict[str, float]:
     """HAWQ-V1's sensitivity λ_max(H_ll)/n_l on the BN-folded model (as the profile's traces),
-    λ clamped at 0; power iteration on one batch (see hessian.top_eigenvalues)."""
+    λ clamped at 0; power iteration on one batch (see hessian.top_eigenvalues; `engine` changes
+    the speed, not the result)."""
     folded = fold_bn(model).eval()
     mods = dict(folded.named_modules())
     weights = {l.name: mods[l.name].weight for l in profile.layers}
-    eig = top_eigenvalues(folded, loss_fn, batch, weights, iters=iters, tol=tol, seed=seed)
+    eig = top_eigenvalues(folded, loss_fn, batch, weights, iters=iters, tol=tol, seed=seed, engine=engine)
     return {l.name: max(eig[l.name], 0.0) / l.params for l in profile.layers}
 
 

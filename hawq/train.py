@@ -17,8 +17,9 @@ from .models import BUILDERS
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int = 128,
-          lr: float = 0.1, seed: int = 0, log=print) -> nn.Module:
-    """SGD with momentum and a one-cycle schedule; random crop (pad 2) and horizontal flips."""
+          lr: float = 0.1, seed: int = 0, log=print, device: str | torch.device = "cpu") -> nn.Module:
+    """SGD with momentum and a one-cycle schedule; random crop (pad 2) and horizontal flips.
+    Batches are drawn on the CPU (the same ones on every device) and moved to `device`."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     steps = epochs * ((len(y) + batch_size - 1) // batch_size)
@@ -30,15 +31,15 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, batch
         t0, seen, correct = time.time(), 0, 0
         for i in range(0, len(y), batch_size):
             idx = perm[i : i + batch_size]
-            xb = _augment(x[idx], g)
+            xb, yb = _augment(x[idx], g).to(device), y[idx].to(device)
             out = model(xb)
-            loss = nn.functional.cross_entropy(out, y[idx])
+            loss = nn.functional.cross_entropy(out, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             seen += len(idx)
-            correct += (out.argmax(1) == y[idx]).sum().item()
+            correct += (out.argmax(1) == yb).sum().item()
         log(f"epoch {epoch + 1}/{epochs}: train acc {correct / seen:.4f}, {time.time() - t0:.0f} s")
     return model.eval()
 

@@ -1,0 +1,170 @@
+"""Quality at a budget: hawq's plan against every other allocation a user could make, at the same size.
+
+    python benchmarks/quality.py                       # both embedded models, all budgets
+    python benchmarks/quality.py --models resnet20     # one model
+
+For the embedded ResNet-20 and the MobileNetV2-style network (both trained on Fashion-MNIST by
+`python -m hawq.train`), at weight budgets equal to uniform 8-, 4- and 3-bit weights and two
+points between 3 and 4 bits (first and last layers at 8 bits in every method; mixed methods
+choose among 2, 4 and 8 bits), prints one JSON line per model, budget and method:
+`model, budget_bits, method, accuracy, calibration_loss, weight_bytes` (plus avg_bits, label).
+
+Methods: fp32; uniform (between widths: the widest uniform plan that fits); hawq (the Hessian ILP
+with the measured-loss guard, what `hawq run` does) and hawq_noguard (the ILP optimum alone);
+inverted (Hessian sensitivities dealt in reverse rank); random_mean and random_best (5 plans
+from random sensitivities, each filling the budget; best = highest evaluation accuracy, an
+oracle pick); aimet_greedy (one layer quantized at a time, measured loss change, greedy);
+hawq_v1_eig (top Hessian eigenvalue per layer instead of the trace). Accuracy is top-1 on the
+9,000 evaluation images; calibration loss is the cross-entropy on the 1,000 calibration images
+the quantizers were calibrated on.
+
+Rows already in OUT/results.jsonl are not recomputed: an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from hawq import data as D
+from hawq.baselines import (eigen_sensitivity, greedy_plan, inverted_sensitivity, measured_deltas,
+                            random_sensitivity, resensitized)
+from hawq.guard import GuardCache, guarded_solve, quantize_plan
+from hawq.models import load_embedded
+from hawq.sensitivity import profile
+from hawq.solver import Budget, solve, uniform_plan
+
+MODELS = ("resnet20", "mobilenetv2_fashion")
+PROFILE_BITS = (2, 3, 4, 8)
+CANDIDATES = (2, 4, 8)
+BUDGETS = (8.0, 4.0, 3.0 + 2 / 3, 3.0 + 1 / 3, 3.0)
+
+
+def budget_bytes(prof, bits: float) -> float:
+    """Weight bytes of uniform `bits` (first/last at 8); between widths, interpolated linearly."""
+    lo, hi = int(bits), -(-bits // 1)
+    lo_b = uniform_plan(prof, lo).weight_bytes
+    if lo == bits:
+        return float(lo_b)
+    return lo_b + (uniform_plan(prof, int(hi)).weight_bytes - lo_b) * (bits - lo)
+
+
+def rows_done(path: Path) -> dict[tuple, dict]:
+    done = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+                done[(r["model"], round(r["budget_bits"], 3), r["method"])] = r
+            except (json.JSONDecodeError, KeyError):
+                continue  # a line cut by an interrupted run
+    return done
+
+
+def run_model(name: str, out: Path, n_random: int, log, budgets=BUDGETS, max_probes: int = 64) -> None:
+    results = out / "results.jsonl"
+    done = rows_done(results)
+    model = load_embedded(name)
+    cal, ev = D.calibration_and_eval()
+    batches = list(D.loader(cal, 200))
+    t0 = time.time()
+    prof = profile(model, F.cross_entropy, batches, PROFILE_BITS, rel_tol=0.05, max_probes=max_probes, seed=0,
+                   cache=out / f"{name}_profile.json")
+    log(f"{name}: profile {time.time() - t0:.0f} s ({prof.settings.get('probes')} probes)")
+    qcache, gcache, evaluated = GuardCache(), GuardCache(), {}
+    lazy: dict[str, dict] = {}
+
+    def sens(kind: str):
+        """The eigenvalue or measured-delta sensitivities, computed once and kept in OUT."""
+        path = out / f"{name}_{kind}.json"
+        if kind not in lazy and path.is_file():
+            d = json.loads(path.read_text())
+            lazy[kind] = d if kind == "eig" else {n: {int(b): v for b, v in row.items()} for n, row in d.items()}
+        if kind not in lazy:
+            t = time.time()
+            if kind == "eig":
+                lazy[kind] = eigen_sensitivity(model, F.cross_entropy, batches[0], prof, engine="jvp_vmap")
+            else:
+                lazy[kind] = measured_deltas(model, prof, batches, CANDIDATES, cache=qcache)
+            path.write_text(json.dumps(lazy[kind]))
+            log(f"{name}: {kind} sensitivities {time.time() - t:.0f} s")
+        return lazy[kind]
+
+    def measure(plan) -> tuple[float, float]:
+        key = tuple(sorted(plan.assignment().items()))
+        if key not in evaluated:
+            q = quantize_plan(model, plan, batches, qcache)
+            evaluated[key] = (D.evaluate(q, ev)[0], D.evaluate(q, batches)[1])
+        return evaluated[key]
+
+    def emit(bits: float, method: str, acc: float, loss: float, plan=None, **extra) -> None:
+        row = {"model": name, "budget_bits": round(bits, 3), "method": method, "accuracy": acc,
+               "calibration_loss": loss, "weight_bytes": plan.weight_bytes if plan else 4 * sum(l.params for l in prof.layers),
+               "avg_bits": plan.avg_bits if plan else 32.0, "label": plan.label if plan else "fp32", **extra}
+        print(json.dumps(row), flush=True)
+        with results.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def planned(bits: float, method: str, make) -> None:
+        if (name, round(bits, 3), method) in done:
+            print(json.dumps(done[(name, round(bits, 3), method)]), flush=True)
+            return
+        plan = make()
+        emit(bits, method, *measure(plan), plan)
+
+    if (name, 32.0, "fp32") in done:
+        print(json.dumps(done[(name, 32.0, "fp32")]), flush=True)
+    else:
+        emit(32.0, "fp32", D.evaluate(model, ev)[0], D.evaluate(model, batches)[1])
+    for bits in budgets:
+        budget = Budget(megabytes=budget_bytes(prof, bits) / 1e6)
+        t = time.time()
+        planned(bits, "uniform", lambda: uniform_plan(prof, int(bits)))
+        planned(bits, "hawq", lambda: guarded_solve(prof, budget, model=model, data=batches, bits=CANDIDATES, cache=gcache))
+        planned(bits, "hawq_noguard", lambda: solve(prof, budget, bits=CANDIDATES))
+        planned(bits, "inverted", lambda: solve(resensitized(prof, inverted_sensitivity(prof)), budget, bits=CANDIDATES))
+        planned(bits, "aimet_greedy", lambda: greedy_plan(prof, sens("deltas"), budget, CANDIDATES, label="aimet-greedy"))
+        planned(bits, "hawq_v1_eig", lambda: solve(resensitized(prof, sens("eig")), budget, bits=CANDIDATES))
+        key = (name, round(bits, 3), "random_mean")
+        if key in done and (name, round(bits, 3), "random_best") in done:
+            for m in ("random_mean", "random_best"):
+                print(json.dumps(done[(name, round(bits, 3), m)]), flush=True)
+        else:
+            plans = [solve(resensitized(prof, random_sensitivity(prof, s)), budget, bits=CANDIDATES) for s in range(n_random)]
+            got = [measure(p) for p in plans]
+            best = max(range(n_random), key=lambda i: got[i][0])
+            emit(bits, "random_mean", statistics.fmean(a for a, _ in got), statistics.fmean(l for _, l in got),
+                 plans[best], n=n_random, accuracies=[a for a, _ in got])
+            emit(bits, "random_best", *got[best], plans[best], seed=best)
+        log(f"{name}: budget W{bits:.2f} done in {time.time() - t:.0f} s")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
+    p.add_argument("--random", type=int, default=5, help="random plans per budget")
+    p.add_argument("--out", default="out/quality", help="profiles and results.jsonl (resumed from)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--budgets", default=",".join(f"{b:.6g}" for b in BUDGETS),
+                   help="uniform-equivalent weight bits, in the order to run them")
+    p.add_argument("--max-probes", type=int, default=64, help="Hutchinson probes at most (the recipes' 64)")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in a.models.split(","):
+        if name not in MODELS:
+            sys.exit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+        run_model(name, out, a.random, lambda m: print(m, file=sys.stderr, flush=True),
+                  budgets=[float(b) for b in a.budgets.split(",")], max_probes=a.max_probes)
+
+
+if __name__ == "__main__":
+    main()
