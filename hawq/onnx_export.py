@@ -187,10 +187,16 @@ def _check_quantized(qmodel: nn.Module) -> dict[str, QuantLayer]:
 
 
 def _export_float(qmodel: nn.Module, x: torch.Tensor, opset: int) -> onnx.ModelProto:
-    """The ONNX graph of `qmodel` with each QuantLayer replaced by its float layer."""
+    """The ONNX graph of `qmodel` with each QuantLayer replaced by its float layer.
+
+    Traced on a batch of at least 2 (`x` repeated): torch.export specializes a dimension of size
+    1 to the constant 1, and the graph then keeps batch-1 Reshapes behind its dynamic input (e.g.
+    in nn.MultiheadAttention: ViT fails on any other batch size in ONNX Runtime)."""
     fmodel = copy.deepcopy(qmodel).eval()
     for name, layer in quant_layers(fmodel).items():
         _set_module(fmodel, name, copy.deepcopy(layer.fp))
+    if x.shape[0] < 2:
+        x = x.repeat(2, *[1] * (x.dim() - 1))
     try:
         prog = torch.onnx.export(fmodel, (x,), dynamo=True, opset_version=opset, optimize=False, verbose=False,
                                  input_names=["input"], output_names=["output"],

@@ -13,13 +13,14 @@ from torch.nn import functional as F
 
 from . import data as D
 from .artifacts import write_json
-from .errors import ConfigError
 from .frontier import Frontier, pareto
 from .guard import GuardCache, guarded_solve
-from .models import default_checkpoint_path, load_checkpoint, resnet20
+from . import zoo
+from .models import BUILDERS, checkpoint_path, load_checkpoint
 from .onnx_export import ExportReport, export_onnx
 from .recipe import Recipe
 from .report import write_report
+from .report_html import write_html_report
 from .rewrite import quantize
 from .sensitivity import Profile, profile
 from .solver import Budget, Plan, solve, uniform_plan
@@ -64,14 +65,26 @@ class RunResult:
 
 
 def load_model(recipe: Recipe) -> torch.nn.Module:
-    if recipe.model != "resnet20":
-        raise ConfigError(f"model {recipe.model!r} is not known")
-    path = default_checkpoint_path() if recipe.checkpoint == "embedded" else Path(recipe.checkpoint)
-    return load_checkpoint(resnet20(), path)
+    """The recipe's model in eval mode: an embedded Fashion-MNIST model (hawq.models) or a
+    torchvision one (hawq.zoo), with the weights the recipe names ("random": seeded by its seed)."""
+    recipe.check_inputs()
+    if recipe.family == "torchvision":
+        return zoo.build(recipe.model, recipe.checkpoint, seed=recipe.seed)
+    if recipe.checkpoint == "random":
+        return zoo.seeded(BUILDERS[recipe.model], recipe.seed).eval()
+    path = checkpoint_path(recipe.model) if recipe.checkpoint == "embedded" else Path(recipe.checkpoint)
+    return load_checkpoint(BUILDERS[recipe.model](), path)
 
 
 def load_data(recipe: Recipe):
-    """(calibration batches, evaluation dataset)."""
+    """(calibration batches, evaluation data: a dataset, or re-iterable (x, y) batches whose len()
+    is the image count)."""
+    recipe.check_inputs()
+    if recipe.family == "torchvision":
+        if recipe.data_dir == "synthetic":
+            return zoo.synthetic_data(recipe.n_calibration, recipe.n_evaluation, recipe.batch_size, recipe.seed)
+        return zoo.folder_data(recipe.data_dir, recipe.n_calibration, recipe.n_evaluation, recipe.batch_size,
+                               recipe.seed)
     download = recipe.data_dir == "download"
     folder = "data" if download else None if recipe.data_dir == "embedded" else recipe.data_dir
     cal, ev = D.calibration_and_eval(folder, recipe.n_calibration, download=download)
@@ -106,7 +119,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, l
     batches, ev = load_data(recipe)
     log_fn(f"profiling {len(batches)} calibration batches ...")
     prof = profile(model, F.cross_entropy, batches, recipe.profile_bits, rel_tol=recipe.rel_tol,
-                   max_probes=recipe.max_probes, seed=recipe.seed, probes_per_batch=recipe.probes_per_batch, progress=progress, cache=out / "profile.json")
+                   max_probes=recipe.max_probes, seed=recipe.seed, probes_per_batch=recipe.probes_per_batch, engine=recipe.engine, progress=progress, cache=out / "profile.json")
     log_fn(f"profile: {len(prof.layers)} layers, {max(l.probes for l in prof.layers)} probes, {prof.seconds:.0f} s"
            + (f", unconverged: {', '.join(prof.unconverged)}" if prof.unconverged else ""))
     acc, loss = D.evaluate(model, ev)
@@ -128,7 +141,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, l
             rows.append(Row(method, bits, acc, loss, plan.weight_bytes, plan.avg_bits, name))
             log_fn(f"{name:>12}: accuracy {acc:.4f}, {plan.weight_bytes / 1e6:.4f} MB, {plan.avg_bits:.2f} bits")
     export_name = [k for k in plans if k.startswith("mixed")][recipe.export_budget]
-    report = export_onnx(qmodels[export_name], batches[0][0][:1], out / "model.onnx", opset=recipe.opset,
+    report = export_onnx(qmodels[export_name], batches[0][0][:1], out / "model.onnx", target=recipe.target, opset=recipe.opset,
                          verify_inputs=[x for x, _ in batches])
     frontier = pareto(prof, bits=recipe.candidates, pins=None if recipe.pin_first_last else {},
                       chosen=plans[export_name])
@@ -136,6 +149,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, l
     result = RunResult(rows, plans, prof, report, time.time() - t0, frontier)
     write_json(out / "summary.json", result.summary())
     write_report(out / "report.md", recipe.name, prof, plans, rows, report, export_name, frontier=frontier)
+    write_html_report(out / "report.html", recipe.name, prof, plans, rows, report, export_name, frontier=frontier)
     return result
 
 

@@ -1,0 +1,143 @@
+"""The ready-made recipes: each loads, bad ones are refused in one line, and each model goes
+through the whole pipeline in smoke mode (random weights, a few embedded or random images)."""
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hawq import cli, ort_session
+from hawq.errors import ConfigError, HawqError
+from hawq.pipeline import load_data, load_model
+from hawq.recipe import default_recipe, load_recipe
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
+IMAGENET = ("resnet18", "resnet50", "mobilenet_v2", "vit_b_16")
+
+
+def test_the_six_recipes_are_there():
+    assert {p.stem for p in RECIPES} >= {"fashion_resnet20", "fashion_mobilenetv2", *IMAGENET}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_loads(path):
+    r = load_recipe(path)
+    assert r.name == path.stem
+    raw = tomllib.loads(path.read_text())
+    assert "budgets" in raw["solve"] and "target" in raw["export"], "every recipe states its budgets and target"
+    s = r.smoke()
+    s.check_inputs()  # a smoke run needs no file
+    assert s.checkpoint == "random" and s.max_probes == 2 and len(s.budgets) == 1 and s.export_budget == 0
+    assert s.budgets[0] == r.budgets[r.export_budget] and s.target == r.target and s.model == r.model
+
+
+def test_default_recipe_is_the_file():
+    assert load_recipe(ROOT / "recipes" / "fashion_resnet20.toml") == default_recipe()
+
+
+def one_line_error(capsys, argv, *needles):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hawq: error:") and "\n" not in err, err
+    for n in needles:
+        assert n in err, err
+
+
+@pytest.mark.parametrize("name", IMAGENET)
+def test_placeholder_paths_say_what_to_set(name, capsys, tmp_path):
+    one_line_error(capsys, ["--quiet", "run", str(ROOT / "recipes" / f"{name}.toml"), "--out", str(tmp_path)],
+                   "[model] weights", "[data] folder", "--smoke")
+
+
+def test_missing_fashion_checkpoint(tmp_path):
+    text = (ROOT / "recipes" / "fashion_resnet20.toml").read_text()
+    (tmp_path / "r.toml").write_text(text.replace('checkpoint = "embedded"', f'checkpoint = "{tmp_path / "no.pt"}"'))
+    with pytest.raises(ConfigError, match=r"\[model\] checkpoint"):
+        load_model(load_recipe(tmp_path / "r.toml"))
+
+
+BAD = [
+    ('[model]\nname = "resnet1000"\n', "accepted"),
+    ('[modle]\nname = "resnet20"\n', "unknown section"),
+    ('[model]\nname = "resnet18"\nwieghts = "x.pt"\n', "unknown key"),
+    ('[export]\ntarget = "tflite"\n', "export.target"),
+    ('[profile]\nengine = "fast"\n', "profile.engine"),
+    ('[model]\nname = "resnet20"\nweights = "torchvision"\n', "other family"),
+    ('[model]\nname = "resnet18"\ncheckpoint = "embedded"\n', "other family"),
+    ('[model]\nname = "resnet18"\n[data]\nfolder = "download"\n', "other family"),
+    ('[model]\nname = "resnet18"\n', r"needs \[data\] folder"),
+    ('[model]\nname = "resnet18"\nweights = "a.pt"\ncheckpoint = "b.pt"\n', "only one"),
+    ('[solve]\nbudgets = []\n', "non-empty"),
+    ('[solve]\nbudgets = [{uniform_bits = 5}]\n', "profile.bits"),
+    ('[solve]\nbudgets = [{avg_bits = -1}]\n', "positive"),
+    ('[solve]\ncandidates = [2, 16]\n', "subset"),
+    ('[data]\ncalibration = 0\n', "data.calibration"),
+    ('[data]\nbatch_size = "big"\n', "data.batch_size"),
+    ('[profile]\nprobes_per_batch = 0\n', "probes_per_batch"),
+    ('[export]\nbudget_index = 7\n', "budget_index"),
+    ("model = 3\n", "table"),
+    ("name = 3\n", "name"),
+]
+
+
+@pytest.mark.parametrize("text,needle", BAD, ids=[n for _, n in BAD])
+def test_bad_recipes_are_refused(tmp_path, text, needle):
+    (tmp_path / "r.toml").write_text(text)
+    with pytest.raises(ConfigError, match=needle) as e:
+        load_recipe(tmp_path / "r.toml")
+    assert "\n" not in str(e.value)
+
+
+def test_image_folder_and_user_weights(tmp_path):
+    """An ImageNet-style folder read with the evaluation transform, and a user's state_dict."""
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for c in ("n01", "n02"):
+        (tmp_path / "val" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(g.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "val" / c / f"{i}.png")
+    r = replace(load_recipe(ROOT / "recipes" / "mobilenet_v2.toml"), data_dir=str(tmp_path / "val"),
+                checkpoint="random", n_calibration=4, n_evaluation=0, batch_size=3)
+    cal, ev = load_data(r)
+    assert [tuple(x.shape) for x, _ in cal] == [(3, 3, 224, 224), (1, 3, 224, 224)] and len(ev) == 2
+    assert sorted(torch.cat([y for _, y in cal] + [y for _, y in ev]).tolist()) == [0, 0, 0, 1, 1, 1]
+    with pytest.raises(HawqError, match="holds 6 images"):
+        load_data(replace(r, n_calibration=6))
+    model = load_model(r)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    mine = load_model(replace(r, checkpoint=str(tmp_path / "w.pt")))
+    x = cal[0][0]
+    with torch.no_grad():
+        assert torch.equal(model(x), mine(x))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_smoke_run(path, tmp_path, capsys):
+    """`hawq run RECIPE --smoke`: every stage on the recipe's own model, no checkpoint, no data set.
+    On an otherwise idle 2-core CPU the six take about 2 minutes together, vit_b_16 70 s of them
+    (resnet50 23 s, mobilenet_v2 12, resnet18 9, fashion_mobilenetv2 7, fashion_resnet20 3)."""
+    out = tmp_path / "out"
+    assert cli.main(["--quiet", "run", str(path), "--smoke", "--out", str(out)]) == 0
+    assert "ONNX:" in capsys.readouterr().out
+    for f in ("profile.json", "model.onnx", "verify.json", "report.md", "summary.json"):
+        assert (out / f).is_file(), f
+    s = json.loads((out / "summary.json").read_text())
+    assert [r["method"] for r in s["rows"]] == ["fp32", "uniform", "mixed"]
+    assert s["onnx"]["top1_agreement"] >= 0.99
+    v = json.loads((out / "verify.json").read_text())
+    r = load_recipe(path)
+    assert v["target"] == r.target and v["verification"]["samples"] >= 4
+    shape = (1, 28, 28) if r.family == "embedded" else (3, 224, 224)
+    sess = ort_session(out / "model.onnx")
+    y = sess.run(None, {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal((3, *shape), np.float32)})[0]
+    assert y.shape == (3, 10 if r.family == "embedded" else 1000)
