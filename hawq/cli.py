@@ -226,7 +226,7 @@ def _print_run(res: hawq.RunResult, out: str) -> None:
     for name, plan in res.plans.items():
         if plan.guard:
             print(f"guard {name}: chose {plan.guard['chosen']} of {len(plan.guard['candidates'])} measured candidates")
-    print(f"{res.seconds:.0f} s; wrote {out}/: profile.json, plan_*.json, model.onnx, verify.json, report.md, summary.json"
+    print(f"{res.seconds:.0f} s; wrote {out}/: profile.json, plan_*.json, model.onnx, verify.json, report.md, report.html, summary.json"
           ", frontier.json/.csv/.svg")
 
 
