@@ -67,30 +67,22 @@ def test_stage_by_stage(tiny, capsys):
     assert Path(onx).is_file() and (tiny / "verify.json").is_file()
 
 
-def one_line_error(capsys, argv, *needles):
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("hawq: error:") and "\n" not in err, err
-    for n in needles:
-        assert n in err, err
-
-
-def test_user_errors_are_one_line(tiny, capsys, tmp_path):
+def test_user_errors_are_one_line(tiny, capsys, one_line_error, tmp_path):
     prof = tmp_path / "p.json"
     assert cli.main(["--quiet", "profile", str(tiny / "tiny.toml"), "--out", str(prof), "--max-probes", "2"]) == 0
     capsys.readouterr()
-    one_line_error(capsys, ["solve", str(prof), "--avg-bits", "1", "--out", str(tmp_path / "x.json")], "smallest feasible")
+    one_line_error(["solve", str(prof), "--avg-bits", "1", "--out", str(tmp_path / "x.json")], "smallest feasible")
     assert not (tmp_path / "x.json").exists()
-    one_line_error(capsys, ["run", str(tmp_path / "missing.toml")], "not found")
+    one_line_error(["run", str(tmp_path / "missing.toml")], "not found")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    one_line_error(capsys, ["solve", str(bad), "--avg-bits", "4"], "not valid JSON")
+    one_line_error(["solve", str(bad), "--avg-bits", "4"], "not valid JSON")
     bad.write_text('{"format": "hawq.plan/1"}')
-    one_line_error(capsys, ["solve", str(bad), "--avg-bits", "4"], "hawq.profile/1")
+    one_line_error(["solve", str(bad), "--avg-bits", "4"], "hawq.profile/1")
     rec = tmp_path / "r.toml"
     rec.write_text('[model]\nname = "resnet1000"\n')
-    one_line_error(capsys, ["run", str(rec)], "resnet1000", "accepted")
-    one_line_error(capsys, ["export", str(tmp_path / "nothing.pt")], "hawq quantize")
+    one_line_error(["run", str(rec)], "resnet1000", "accepted")
+    one_line_error(["export", str(tmp_path / "nothing.pt")], "hawq quantize")
 
 
 def test_profile_cache_reused_and_invalidated(tiny, tmp_path, caplog):

@@ -44,17 +44,9 @@ def test_default_recipe_is_the_file():
     assert load_recipe(ROOT / "recipes" / "fashion_resnet20.toml") == default_recipe()
 
 
-def one_line_error(capsys, argv, *needles):
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("hawq: error:") and "\n" not in err, err
-    for n in needles:
-        assert n in err, err
-
-
 @pytest.mark.parametrize("name", IMAGENET)
-def test_placeholder_paths_say_what_to_set(name, capsys, tmp_path):
-    one_line_error(capsys, ["--quiet", "run", str(ROOT / "recipes" / f"{name}.toml"), "--out", str(tmp_path)],
+def test_placeholder_paths_say_what_to_set(name, one_line_error, tmp_path):
+    one_line_error(["--quiet", "run", str(ROOT / "recipes" / f"{name}.toml"), "--out", str(tmp_path)],
                    "[model] weights", "[data] folder", "--smoke")
 
 
