@@ -56,19 +56,20 @@ def cmd_profile(a) -> None:
     prof = hawq.profile(model, F.cross_entropy, batches, a.bits or r.profile_bits, rel_tol=a.rel_tol or r.rel_tol,
                         max_probes=a.max_probes or r.max_probes, seed=r.seed if a.seed is None else a.seed,
                         probes_per_batch=a.probes_per_batch or r.probes_per_batch, engine=a.engine,
-                        progress=not a.quiet, cache=a.out)
+                        progress=not a.quiet, cache=a.out, a_bits=a.a_bits or ())
     if dist.is_initialized() and dist.get_rank() != 0:
         return
     print(f"{len(prof.layers)} layers, {prof.settings.get('probes')} probes, {prof.seconds:.1f} s -> {a.out}")
     for l in prof.layers:
-        print(f"  {l.name:<24} trace {l.trace:>10.4g} ± {1.96 * l.trace_se:<9.2g} params {l.params}")
+        act = "" if l.act_trace is None else f"  input trace {l.act_trace:>9.4g} ± {1.96 * l.act_trace_se:.2g}"
+        print(f"  {l.name:<24} trace {l.trace:>10.4g} ± {1.96 * l.trace_se:<9.2g} params {l.params}{act}")
     if prof.unconverged:
         print(f"not converged to the target: {', '.join(prof.unconverged)}")
 
 
 def cmd_solve(a) -> None:
     prof = hawq.Profile.load(a.profile)
-    ties = "graph" if a.tie_shared_inputs else ()
+    ties = _ties(a)
     latency = hawq.LatencyTable.load(a.latency).ms if a.latency else None
     plan = hawq.solve(prof, hawq.Budget(**_limits(a)), bits=a.bits, pins=_pins(a, prof), ties=ties, a_bits=a.a_bits,
                       latency=latency, time_limit=a.time_limit, solver=a.solver)
@@ -82,6 +83,12 @@ def cmd_solve(a) -> None:
         print(f"  tied: {', '.join(t)}")
     for l in plan.layers:
         print(f"  {l.name:<24} W{l.w_bits}A{l.a_bits}{'  (pinned)' if l.pinned else ''}")
+
+
+def _ties(a):
+    """The graph-derived ties the flags ask for, as solve() takes them."""
+    which = {(True, True): "graph", (True, False): "inputs", (False, True): "residual"}
+    return which.get((a.tie_shared_inputs, a.tie_residual_adds), ())
 
 
 def _first_last(prof: hawq.Profile) -> dict[str, int]:
@@ -184,7 +191,7 @@ def cmd_pareto(a) -> None:
     if chosen is not None:
         chosen.check_profile(prof)
     f = hawq.pareto(prof, points=a.points, axis=a.axis, budget=hawq.Budget(**limits) if limits else None,
-                    bits=a.bits, pins=_pins(a, prof), ties="graph" if a.tie_shared_inputs else (), a_bits=a.a_bits,
+                    bits=a.bits, pins=_pins(a, prof), ties=_ties(a), a_bits=a.a_bits,
                     chosen=chosen, solver=a.solver)
     f.write(a.out, Path(a.profile).stem)
     print("\n".join(hawq.frontier_summary(f)))
@@ -243,13 +250,16 @@ def _limit_options(s: argparse.ArgumentParser, title: str) -> None:
 
 def _candidate_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--bits", type=_bits, help="candidate weight bits (default: the profile's)")
-    s.add_argument("--a-bits", type=int, default=8, help="activation bits of every layer (default 8)")
+    s.add_argument("--a-bits", type=_bits, default=(8,),
+                   help="candidate activation bits, e.g. 4,8 (needs a profile made with --a-bits; default 8)")
     s.add_argument("--pin", type=_pin, action="append",
                    help="NAME=BITS or NAME=W:A, NAME a layer or a regular expression matching whole names; "
                         "repeatable, later ones win (first and last layers are pinned to 8 unless --no-default-pins)")
     s.add_argument("--no-default-pins", action="store_true", help="do not pin the first and last layers to 8 bits")
     s.add_argument("--tie-shared-inputs", action="store_true",
                    help="layers reading the same tensor (the profile's groups) get the same bits")
+    s.add_argument("--tie-residual-adds", action="store_true",
+                   help="layers whose outputs meet at a residual add get the same bits (one requantizer at the add)")
     s.add_argument("--solver", choices=["auto", "highs", "cbc"], default="auto",
                    help="MIP solver (default auto: CBC up to 300 free layers, HiGHS beyond if highspy is installed)")
 
@@ -271,6 +281,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--probes-per-batch", type=int, help="Rademacher probes on each batch per round")
     s.add_argument("--engine", default="auto", choices=("auto", "double_backward", "double_backward_batched", "jvp_vmap"),
                    help="HVP engine; auto times one probe of each and keeps the fastest")
+    s.add_argument("--a-bits", type=_bits,
+                   help="also profile each layer's input activation and give Ω at these widths, e.g. 4,8 "
+                        "(lets `hawq solve --a-bits 4,8` choose activation bits)")
     s.set_defaults(fn=cmd_profile)
 
     s = sub.add_parser("solve", help="per-layer bits under weight-size and BOPs limits at once (ILP) -> plan.json")

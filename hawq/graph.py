@@ -1,13 +1,19 @@
-"""Find the quantizable layers of a model: names, shapes, parameters, MACs, execution order, and
-groups of layers that read the same input tensor."""
+"""Find the quantizable layers of a model: names, shapes, parameters, MACs, execution order,
+groups of layers that read the same input tensor, and pairs of layers joined by a residual add."""
 from __future__ import annotations
 
+import logging
+import operator
 from dataclasses import dataclass
 
 import torch
+import torch.fx
 from torch import nn
 
 from .errors import UnsupportedModelError
+
+log = logging.getLogger(__name__)
+_ADDS = (operator.add, operator.iadd, torch.add)
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
 
@@ -19,12 +25,14 @@ class Layer:
     weight_shape: tuple[int, ...]
     params: int  # weight elements (bias excluded)
     macs: int  # multiply-accumulates for one input sample
+    in_shape: tuple[int, ...] = ()  # the input activation's shape for one sample
 
 
 @dataclass(frozen=True)
 class LayerGraph:
     layers: tuple[Layer, ...]  # in execution order
     groups: tuple[tuple[str, ...], ...]  # layers reading the same input tensor (size >= 2)
+    residual: tuple[tuple[str, ...], ...] = ()  # layers whose outputs meet at one residual add
 
     @property
     def names(self) -> list[str]:
@@ -49,6 +57,7 @@ def trace_layers(model: nn.Module, example_input: torch.Tensor) -> LayerGraph:
         raise UnsupportedModelError("the model has no Conv2d or Linear layer to quantize")
     order: list[str] = []
     macs: dict[str, int] = {}
+    in_shape: dict[str, tuple[int, ...]] = {}
     readers: dict[int, list[str]] = {}
     keep: list[torch.Tensor] = []  # keep inputs alive so their ids stay unique during the pass
     batch = example_input.shape[0]
@@ -60,6 +69,7 @@ def trace_layers(model: nn.Module, example_input: torch.Tensor) -> LayerGraph:
                 return
             order.append(name)
             macs[name] = _macs(mod, output) // batch
+            in_shape[name] = tuple(inputs[0].shape[1:])
             keep.append(inputs[0])
             readers.setdefault(id(inputs[0]), []).append(name)
         return fn
@@ -74,10 +84,48 @@ def trace_layers(model: nn.Module, example_input: torch.Tensor) -> LayerGraph:
         for h in handles:
             h.remove()
     layers = tuple(
-        Layer(n, type(mods[n]).__name__, tuple(mods[n].weight.shape), mods[n].weight.numel(), macs[n]) for n in order
+        Layer(n, type(mods[n]).__name__, tuple(mods[n].weight.shape), mods[n].weight.numel(), macs[n], in_shape[n])
+        for n in order
     )
     groups = tuple(tuple(g) for g in readers.values() if len(g) > 1)
-    return LayerGraph(layers, groups)
+    rank = {n: i for i, n in enumerate(order)}
+    residual = tuple(tuple(sorted(g, key=rank.__getitem__)) for g in residual_adds(model) if all(n in rank for n in g))
+    return LayerGraph(layers, groups, residual)
+
+
+def residual_adds(model: nn.Module) -> tuple[tuple[str, ...], ...]:
+    """For each add of two tensors, the quantizable layers that produce its operands, found by
+    walking back through single-input ops (BatchNorm, activations, reshapes); an operand that is
+    itself an add (or the model input) has no producer. Only adds with two producers are kept:
+    their outputs meet at one accumulator, so they can share one requantizer when they share bits.
+    Needs a model torch.fx can trace; otherwise none are found (logged once)."""
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception as e:  # noqa: BLE001 — data-dependent control flow and the like
+        log.info("residual ties: torch.fx cannot trace %s (%s: %s); none derived", type(model).__name__,
+                 e.__class__.__name__, str(e).splitlines()[0] if str(e) else "")
+        return ()
+    layers = set(quantizable_modules(model))
+
+    def is_add(node: torch.fx.Node) -> bool:
+        return ((node.op == "call_function" and node.target in _ADDS)
+                or (node.op == "call_method" and node.target in ("add", "add_")))
+
+    def producer(node: torch.fx.Node) -> str | None:
+        while True:
+            if node.op == "call_module" and node.target in layers:
+                return str(node.target)
+            if node.op in ("placeholder", "get_attr") or is_add(node) or len(node.all_input_nodes) != 1:
+                return None
+            node = node.all_input_nodes[0]
+
+    out = []
+    for node in gm.graph.nodes:
+        if is_add(node):
+            found = {producer(a) for a in node.args[:2] if isinstance(a, torch.fx.Node)} - {None}
+            if len(found) >= 2:
+                out.append(tuple(sorted(found)))
+    return tuple(out)
 
 
 def _macs(mod: nn.Module, out: torch.Tensor) -> int:

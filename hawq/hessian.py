@@ -229,15 +229,76 @@ def hutchinson_traces(
     checkpoint; `on_round(state)` is called after each round (to checkpoint it). Under
     torch.distributed, rounds are split across processes and the sums all-reduced. `model` must
     be in eval mode; it is not modified."""
+    params = list(weights.values())
+    return _estimate(model, loss_fn, batches, list(weights), lambda x: contextlib.nullcontext(params), ENGINES,
+                     importance=importance, rel_tol=rel_tol, max_probes=max_probes, min_probes=min_probes,
+                     probes_per_batch=probes_per_batch, seed=seed, engine=engine, state=state, on_round=on_round,
+                     progress=progress, desc="hessian probes")
+
+
+class ActivationTaps:
+    """Zero tensors δ_l added to the input of named layers, so that Hessian-vector products can be
+    taken with respect to those activations: ∂²L/∂δ² at δ = 0 is the Hessian of the loss with
+    respect to the layer's input (HAWQ-V3's activation sensitivity)."""
+
+    def __init__(self, model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> None:
+        mods = dict(model.named_modules())
+        missing = [n for n in shapes if n not in mods]
+        if missing:
+            raise ValueError(f"no modules named {missing} in the model")
+        self.mods = [mods[n] for n in shapes]
+        self.shapes = [tuple(s) for s in shapes.values()]
+        self.dtype = next(model.parameters()).dtype
+
+    @contextlib.contextmanager
+    def attached(self, x: torch.Tensor):
+        """Fresh zero taps for a batch like `x`, hooked onto the layers' inputs; yields them."""
+        taps = [torch.zeros(len(x), *s, dtype=self.dtype, device=x.device, requires_grad=True) for s in self.shapes]
+        handles = [m.register_forward_pre_hook(lambda mod, inp, d=d: (inp[0] + d, *inp[1:]))
+                   for m, d in zip(self.mods, taps)]
+        try:
+            yield taps
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def activation_traces(
+    model: nn.Module,
+    loss_fn,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    shapes: Mapping[str, Sequence[int]],
+    *,
+    engine: str = "double_backward_batched",
+    **kw,
+) -> TraceResult:
+    """Estimate, for each named layer, the trace of the Hessian of the loss with respect to the
+    layer's input activation (`shapes`: name → the input's shape for one sample). With a mean
+    loss over independent samples (eval mode), the estimate is the mean over samples of each
+    sample's trace. The activations are not parameters, so the engines are the double-backward
+    ones ("auto" picks between them); other keywords as in hutchinson_traces."""
+    engines = ENGINES[:2]
+    if engine not in engines + ("auto",):
+        raise ValueError(f"activation traces need engine 'auto' or one of {engines}, not {engine!r}")
+    taps = ActivationTaps(model, shapes)
+    return _estimate(model, loss_fn, batches, list(shapes), taps.attached, engines, engine=engine,
+                     desc="activation probes", **kw)
+
+
+def _estimate(model, loss_fn, batches, names: list[str], probed, engines: Sequence[str], *,
+              importance: Mapping[str, float] | None = None, rel_tol: float = 0.05, max_probes: int = 200,
+              min_probes: int = 8, probes_per_batch: int = 1, seed: int = 0, engine: str, state: TraceState | None = None,
+              on_round: Callable[[TraceState], None] | None = None, progress: bool = False, desc: str) -> TraceResult:
+    """The Hutchinson loop shared by weights and activations. `probed(x)`: a context manager
+    yielding the tensors (one per name) whose Hessian blocks are probed on batch x."""
     if max_probes < 2:
         raise ValueError("max_probes must be at least 2 to estimate a standard error")
-    names = list(weights)
-    params = [weights[n] for n in names]
     importance = dict(importance or {})
     k = probes_per_batch
     per_round = len(batches) * k
     if engine == "auto":
-        engine = pick_engine(model, loss_fn, batches[0], params, k)
+        with probed(batches[0][0]) as params:
+            engine = pick_engine(model, loss_fn, batches[0], params, k, engines)
     elif engine not in _ENGINE_FNS:
         raise ValueError(f"engine must be 'auto' or one of {ENGINES}, not {engine!r}")
     make = _ENGINE_FNS[engine]
@@ -247,7 +308,7 @@ def hutchinson_traces(
     rank, n_proc = world()
     max_rounds = max(1, math.ceil(max_probes / per_round))
     min_rounds = max(1, math.ceil(min_probes / per_round))
-    bar = tqdm(total=max_rounds * per_round, initial=state.n, desc="hessian probes", disable=not progress or rank != 0,
+    bar = tqdm(total=max_rounds * per_round, initial=state.n, desc=desc, disable=not progress or rank != 0,
                leave=False, unit="probe")
     try:
         while state.rounds < max_rounds:
@@ -257,8 +318,8 @@ def hutchinson_traces(
             for b in range(rank, len(batches), n_proc):
                 step = state.rounds * len(batches) + b
                 x, y = batches[b]
-                vs = rademacher(params, k, seed, step)
-                with hvp_context():
+                with probed(x) as params, hvp_context():
+                    vs = rademacher(params, k, seed, step)
                     hv = make(model, loss_fn, x, y, params)(vs)
                 s = torch.stack([(v.double() * h.double()).flatten(1).sum(1) for v, h in zip(vs, hv)], 1)  # [k, L]
                 sums[0] += s.sum(0)

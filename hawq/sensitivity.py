@@ -15,7 +15,7 @@ from . import quant
 from .artifacts import fingerprint_obj, fingerprint_tensors, read_json, write_json
 from .errors import ArtifactError, DataError
 from .graph import trace_layers
-from .hessian import TraceState, hutchinson_traces, world
+from .hessian import TraceResult, TraceState, activation_traces, hutchinson_traces, world
 from .rewrite import fold_bn
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,13 @@ class LayerProfile:
     probes: int
     sq_error: dict[int, float]  # bits -> ‖Q_b(W) − W‖²
     omega: dict[int, float]  # bits -> Tr(H)/n · ‖Q_b(W) − W‖² (trace clamped at 0)
+    # the input activation, when profiled (Profile.act_bits): elements per sample, the Hessian
+    # trace w.r.t. it (mean over samples), its quantization error per sample, and Ω_a(a_bits)
+    act_elems: int = 0
+    act_trace: float | None = None
+    act_trace_se: float | None = None
+    act_sq_error: dict[int, float] = field(default_factory=dict)  # a_bits -> mean ‖Q_a(x) − x‖² per sample
+    act_omega: dict[int, float] = field(default_factory=dict)  # a_bits -> Tr(H_x)/n_x · that error
 
     @property
     def rel_se(self) -> float:
@@ -49,11 +56,13 @@ class LayerProfile:
 class Profile:
     layers: tuple[LayerProfile, ...]  # execution order: first is the input layer, last the output
     bits: tuple[int, ...]
-    groups: tuple[tuple[str, ...], ...] = ()
+    groups: tuple[tuple[str, ...], ...] = ()  # layers reading the same input tensor
     unconverged: tuple[str, ...] = ()
     fingerprints: dict[str, str] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    residual: tuple[tuple[str, ...], ...] = ()  # layers whose outputs meet at a residual add
+    act_bits: tuple[int, ...] = ()  # activation widths with Ω_a on every layer; () if not profiled
 
     def __post_init__(self) -> None:
         names = [l.name for l in self.layers]
@@ -64,6 +73,9 @@ class Profile:
         for l in self.layers:
             if set(l.omega) != set(self.bits):
                 raise ArtifactError(f"layer {l.name} has Ω for bits {sorted(l.omega)}, expected {sorted(self.bits)}")
+            if set(l.act_omega) != set(self.act_bits):
+                raise ArtifactError(f"layer {l.name} has activation Ω for bits {sorted(l.act_omega)}, "
+                                    f"expected {sorted(self.act_bits)}")
 
     @property
     def names(self) -> list[str]:
@@ -79,8 +91,8 @@ class Profile:
         d = asdict(self)
         d["format"] = f"hawq.{FORMAT}/{VERSION}"
         for l in d["layers"]:
-            l["omega"] = {str(k): v for k, v in l["omega"].items()}
-            l["sq_error"] = {str(k): v for k, v in l["sq_error"].items()}
+            for key in ("omega", "sq_error", "act_omega", "act_sq_error"):
+                l[key] = {str(k): v for k, v in l[key].items()}
         return d
 
     @classmethod
@@ -92,6 +104,11 @@ class Profile:
                     macs=int(l["macs"]), trace=float(l["trace"]), trace_se=float(l["trace_se"]), probes=int(l["probes"]),
                     sq_error={int(k): float(v) for k, v in l["sq_error"].items()},
                     omega={int(k): float(v) for k, v in l["omega"].items()},
+                    act_elems=int(l.get("act_elems", 0)),
+                    act_trace=None if l.get("act_trace") is None else float(l["act_trace"]),
+                    act_trace_se=None if l.get("act_trace_se") is None else float(l["act_trace_se"]),
+                    act_sq_error={int(k): float(v) for k, v in l.get("act_sq_error", {}).items()},
+                    act_omega={int(k): float(v) for k, v in l.get("act_omega", {}).items()},
                 )
                 for l in d["layers"]
             )
@@ -99,6 +116,8 @@ class Profile:
                 layers=layers, bits=tuple(int(b) for b in d["bits"]), groups=tuple(tuple(g) for g in d.get("groups", ())),
                 unconverged=tuple(d.get("unconverged", ())), fingerprints=dict(d.get("fingerprints", {})),
                 settings=dict(d.get("settings", {})), seconds=float(d.get("seconds", 0.0)),
+                residual=tuple(tuple(g) for g in d.get("residual", ())),
+                act_bits=tuple(int(b) for b in d.get("act_bits", ())),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"malformed profile ({e.__class__.__name__}: {e}); regenerate it with `hawq profile`") from e
@@ -131,6 +150,8 @@ def profile(
     device: str | torch.device = "cpu",
     progress: bool = False,
     cache: str | Path | None = None,
+    a_bits: Iterable[int] = (),
+    act_symmetric: bool = False,
 ) -> Profile:
     """Per-layer Hessian traces (Hutchinson, Rademacher probes over all layers at once) and Ω(b).
 
@@ -141,6 +162,9 @@ def profile(
     settings is loaded instead of recomputed; otherwise the run checkpoints after each round to
     `<cache>.partial` (resumed by the next call with the same inputs) and saves the profile
     there. Under torch.distributed the data rounds are split across processes; rank 0 writes.
+    `a_bits`: activation widths to profile too (HAWQ-V3's activation sensitivity): a second
+    Hutchinson run estimates each layer input's Hessian trace, and Ω_a(a) uses the rewriter's
+    per-tensor min/max quantizer (affine, or symmetric with `act_symmetric`, as for TensorRT).
     """
     t0 = time.time()
     bits = tuple(sorted({int(b) for b in bits}))
@@ -151,6 +175,11 @@ def profile(
         raise DataError("profile data is empty; give at least one (input, target) batch")
     settings = {"rel_tol": rel_tol, "max_probes": max_probes, "min_probes": min_probes, "seed": seed,
                 "probes_per_batch": probes_per_batch, "weight_method": weight_method, "bits": list(bits)}
+    a_bits = tuple(sorted({int(b) for b in a_bits}))
+    if a_bits:  # only then: profiles of weights alone keep their fingerprints
+        for b in a_bits:
+            quant.act_qparams(0.0, 1.0, b)
+        settings.update(a_bits=list(a_bits), act_symmetric=act_symmetric)
     fingerprints = {
         "weights": fingerprint_tensors(dict(model.state_dict())),
         "data": fingerprint_tensors({f"{i}.{j}": t for i, b in enumerate(batches) for j, t in enumerate(b)}),
@@ -172,22 +201,81 @@ def profile(
                             seed=seed, engine=engine, progress=progress,
                             state=None if checkpoint is None else _load_checkpoint(checkpoint, fingerprints, list(weights)),
                             on_round=None if checkpoint is None else lambda st: _save_checkpoint(checkpoint, fingerprints, st))
+    unconverged, extra = list(est.unconverged), {}
+    act: TraceResult | None = None
+    if a_bits:
+        elems = {l.name: math.prod(l.in_shape) for l in graph.layers}
+        act_sq = act_sq_errors(folded, list(elems), batches, a_bits, act_symmetric)
+        act_checkpoint = None if cache is None else Path(f"{cache}.act.partial")
+        act = activation_traces(
+            folded, loss_fn, batches, {l.name: l.in_shape for l in graph.layers},
+            importance={n: act_sq[n][a_bits[0]] / elems[n] for n in elems}, rel_tol=rel_tol, max_probes=max_probes,
+            min_probes=min_probes, probes_per_batch=probes_per_batch, seed=seed, engine="auto", progress=progress,
+            state=None if act_checkpoint is None else _load_checkpoint(act_checkpoint, fingerprints, list(elems)),
+            on_round=None if act_checkpoint is None else lambda st: _save_checkpoint(act_checkpoint, fingerprints, st))
+        unconverged += [f"{n} (input)" for n in act.unconverged]
+        extra = {"act_engine": act.engine, "act_probes": act.probes}
     layers = []
     for l in graph.layers:
+        tr = _checked_trace(l.name, "", est.layers[l.name])
         e = est.layers[l.name]
-        if not math.isfinite(e.mean):
-            log.warning("layer %s: Hessian trace is not finite (%s); its Ω is set to 0", l.name, e.mean)
-        elif e.mean < 0:
-            log.warning("layer %s: negative Hessian trace %.3g ± %.2g (non-convex); Ω clamped to 0", l.name, e.mean, e.se)
-        tr = e.mean if math.isfinite(e.mean) else 0.0
+        row = {}
+        if act is not None:
+            a = act.layers[l.name]
+            n_x = math.prod(l.in_shape)
+            row = dict(act_elems=n_x, act_trace=a.mean, act_trace_se=a.se, act_sq_error=act_sq[l.name],
+                       act_omega=omega_table(_checked_trace(l.name, " input", a), act_sq[l.name], n_x))
         layers.append(LayerProfile(l.name, l.kind, l.weight_shape, l.params, l.macs, e.mean, e.se, e.n, sq[l.name],
-                                   omega_table(tr, sq[l.name], l.params)))
-    result = Profile(tuple(layers), bits, graph.groups, tuple(est.unconverged), fingerprints,
-                     {**settings, "engine": est.engine, "probes": est.probes, "rounds": est.rounds}, time.time() - t0)
+                                   omega_table(tr, sq[l.name], l.params), **row))
+    result = Profile(tuple(layers), bits, graph.groups, tuple(unconverged), fingerprints,
+                     {**settings, "engine": est.engine, "probes": est.probes, "rounds": est.rounds, **extra},
+                     time.time() - t0, graph.residual, a_bits)
     if cache is not None and world()[0] == 0:
         result.save(cache)
         checkpoint.unlink(missing_ok=True)
+        Path(f"{cache}.act.partial").unlink(missing_ok=True)
     return result
+
+
+def _checked_trace(name: str, what: str, e) -> float:
+    """The trace Ω uses: warns on a negative or non-finite estimate; NaN counts as 0."""
+    if not math.isfinite(e.mean):
+        log.warning("layer %s%s: Hessian trace is not finite (%s); its Ω is set to 0", name, what, e.mean)
+        return 0.0
+    if e.mean < 0:
+        log.warning("layer %s%s: negative Hessian trace %.3g ± %.2g (non-convex); Ω clamped to 0", name, what, e.mean,
+                    e.se)
+    return e.mean
+
+
+@torch.no_grad()
+def act_sq_errors(model: nn.Module, names: list[str], batches, a_bits: tuple[int, ...],
+                  symmetric: bool = False) -> dict[str, dict[int, float]]:
+    """Mean per-sample ‖Q_a(x) − x‖² of each named layer's input x at each width, with the
+    rewriter's quantizer: per tensor, its range the min/max over all `batches`."""
+    mods = dict(model.named_modules())
+
+    def each_input(fn) -> None:
+        hooks = [mods[n].register_forward_pre_hook(lambda m, inp, n=n: fn(n, inp[0])) for n in names]
+        try:
+            for x, _ in batches:
+                model(x)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    seen = {n: quant.MinMaxObserver() for n in names}
+    each_input(lambda n, x: seen[n](x))
+    qparams = quant.symmetric_act_qparams if symmetric else quant.act_qparams
+    err = {n: dict.fromkeys(a_bits, 0.0) for n in names}
+
+    def add(n: str, x: torch.Tensor) -> None:
+        for b in a_bits:
+            err[n][b] += float(((quant.fake_quant_act(x, *qparams(seen[n].lo, seen[n].hi, b)) - x) ** 2).sum())
+
+    each_input(add)
+    count = sum(len(x) for x, _ in batches)
+    return {n: {b: e / count for b, e in row.items()} for n, row in err.items()}
 
 
 def _save_checkpoint(path: Path, fingerprints: dict[str, str], state: TraceState) -> None:

@@ -297,18 +297,22 @@ def _resolve_pins(profile: Profile, pins: Mapping[str, Any] | None, cands: Seque
             {n: per_layer[n][1] for n in names if n in per_layer}, given)
 
 
+GRAPH_TIES = ("inputs", "residual", "graph")
+
+
 def _tie_groups(profile: Profile, ties: Sequence[Sequence[str]] | str) -> tuple[tuple[str, ...], ...]:
     """Merge overlapping ties into disjoint groups (≥ 2 layers each), in profile order.
 
     profile: the layers that may be tied.
-    ties: groups of layer names that must share one candidate, or "graph" for profile.groups
-        (layers that read the same input tensor).
+    ties: groups of layer names that must share one candidate, or one of GRAPH_TIES: "inputs"
+        (profile.groups: layers that read the same input tensor), "residual"
+        (profile.residual: layers whose outputs meet at a residual add) or "graph" (both).
     """
     if isinstance(ties, str):
-        if ties != "graph":
-            raise ConfigError(f"ties must be 'graph' (the profile's groups) or a list of lists of layer names, "
-                              f"not {ties!r}")
-        ties = profile.groups
+        if ties not in GRAPH_TIES:
+            raise ConfigError(f"ties must be one of {', '.join(map(repr, GRAPH_TIES))} or a list of lists of layer "
+                              f"names, not {ties!r}")
+        ties = (profile.groups if ties != "residual" else ()) + (profile.residual if ties != "inputs" else ())
     names = [l.name for l in profile.layers]
     root = {n: n for n in names}
 
@@ -337,13 +341,17 @@ def _act_omega(profile: Profile, act_omega: Mapping[str, Mapping[int, float]] | 
     """Validated activation Ω per layer and width; zeros when one width is fixed and none is given.
 
     profile: the layers.
-    act_omega: layer name → {a_bits: Ω_a}, or None.
+    act_omega: layer name → {a_bits: Ω_a}, or None for the profile's (when it has every width).
     a_set: the candidate activation widths.
     """
+    if act_omega is None and set(a_set) <= set(profile.act_bits):
+        act_omega = {l.name: l.act_omega for l in profile.layers}
     if act_omega is None:
         if len(a_set) > 1:
-            raise ConfigError(f"activation widths {list(a_set)} need activation sensitivities; the profile has none, "
-                              "so give act_omega={layer: {a_bits: Ω}} or one activation width (a_bits=8)")
+            have = f"only {list(profile.act_bits)}" if profile.act_bits else "none"
+            raise ConfigError(f"activation widths {list(a_set)} need activation sensitivities; the profile has {have}, "
+                              f"so profile with `--a-bits {','.join(map(str, a_set))}`, give act_omega={{layer: "
+                              "{a_bits: Ω}} or choose one activation width (a_bits=8)")
         return {l.name: {a_set[0]: 0.0} for l in profile.layers}
     out = {}
     for l in profile.layers:
@@ -459,7 +467,7 @@ def _problem(profile: Profile, *, bits: Sequence[int] | None, a_bits: int | Sequ
     bits: candidate weight widths (subset of profile.bits); None for all.
     a_bits: candidate activation width(s).
     pins: pin rules (see _resolve_pins); None for default_pins, {} for none.
-    ties: groups of layer names sharing one candidate, or "graph".
+    ties: groups of layer names sharing one candidate, or one of GRAPH_TIES.
     act_omega: layer → {a_bits: Ω_a}; required when a_bits has several widths.
     latency: layer → {(w, a): ms}; required for a latency limit.
     """
@@ -597,7 +605,7 @@ class Budget:
         profile: the profiled layers (params per layer).
         pins: pin rules (None: default_pins; {}: none); matter for `ratio` only.
         bits: candidate weight widths (subset of profile.bits; None: all); matter for `ratio` only.
-        ties: groups sharing one width, or "graph"; matter for `ratio` only.
+        ties: groups sharing one width, or one of GRAPH_TIES; matter for `ratio` only.
         a_bits: candidate activation width(s).
         """
         caps = self._caps(_problem(profile, bits=bits, a_bits=a_bits, pins=pins, ties=ties))
@@ -1345,12 +1353,12 @@ def solve(profile: Profile, budget: Budget, *, bits: Sequence[int] | None = None
     pins: layer name or regular expression (matching whole names) → weight width or (w_bits,
         a_bits) pair; later rules override earlier ones. None pins the first and last layer to 8
         bits (default_pins); {} pins nothing.
-    ties: groups of layer names that must share one candidate, or "graph" for profile.groups
+    ties: groups of layer names that must share one candidate, or one of GRAPH_TIES (see _tie_groups)
         (layers reading the same tensor); overlapping groups merge; a group with a pinned layer
         takes that pin.
     a_bits: candidate activation width(s); candidates are bits × a_bits.
     act_omega: layer name → {a_bits: Ω_a}, added to the weights' Ω; needed when a_bits has
-        several widths (profiles carry no activation sensitivities).
+        several widths and the profile has no activation sensitivities for them (None: the profile's).
     latency: layer name → {(w_bits, a_bits): ms}, for a latency_ms limit.
     time_limit: solver wall-clock limit in seconds; None for no limit. If hit, the best plan found
         is returned with status "Feasible" and its relative gap to the best bound.

@@ -61,6 +61,17 @@ def test_stage_by_stage(tiny, capsys):
     p = json.loads(Path(plan).read_text())
     assert p["format"] == "hawq.plan/1" and p["avg_bits"] <= 4.0
     assert p["layers"][0]["w_bits"] == 8 and p["layers"][-1]["w_bits"] == 8
+    tied = str(tiny / "tied.json")
+    assert cli.main(["--quiet", "solve", prof, "--avg-bits", "3", "--tie-residual-adds", "--out", tied]) == 0
+    t = json.loads(Path(tied).read_text())
+    w = {l["name"]: l["w_bits"] for l in t["layers"]}
+    assert ["layer2.0.conv2", "layer2.0.shortcut.0"] in t["ties"] and len(t["ties"]) == 3
+    assert all(len({w[n] for n in g}) == 1 for g in t["ties"]) and w["layer1.0.conv2"] == 8  # tied to the pinned stem
+    act_prof, act_plan = str(tiny / "pa.json"), str(tiny / "plan_a.json")
+    assert cli.main(["--quiet", "profile", r, "--out", act_prof, "--max-probes", "2", "--a-bits", "4,8"]) == 0
+    assert cli.main(["--quiet", "solve", act_prof, "--avg-bits", "5", "--bops-ratio", "0.3", "--a-bits", "4,8",
+                     "--out", act_plan]) == 0
+    assert {l["a_bits"] for l in json.loads(Path(act_plan).read_text())["layers"]} == {4, 8}
     assert cli.main(["--quiet", "quantize", r, "--plan", plan, "--out", qm]) == 0
     assert cli.main(["--quiet", "export", qm, "--out", onx]) == 0
     assert '"top1_agreement"' in capsys.readouterr().out

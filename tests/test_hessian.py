@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hawq.errors import NumericalError
-from hawq.hessian import hutchinson_traces
+from hawq.hessian import activation_traces, hutchinson_traces
 
 
 class MLP(nn.Module):
@@ -68,6 +68,48 @@ def test_traces_match_exact_hessian(make, shape):
         assert est.n == 300
         assert abs(est.mean - true) <= 3 * est.se, (name, est, true)
         assert est.se < 0.5 * abs(true) + 1e-9  # the estimate is informative, not just wide
+
+
+def exact_activation_traces(model, batches):
+    """Tr of the Hessian of the mean batch loss w.r.t. each layer's input, by autograd."""
+    mods = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    total = {n: 0.0 for n in mods}
+    for x, y in batches:
+        shapes = {}
+        hooks = [m.register_forward_pre_hook(lambda mod, inp, n=n: shapes.setdefault(n, inp[0].shape) and None)
+                 for n, m in mods.items()]
+        model(x)
+        for h in hooks:
+            h.remove()
+        for n, m in mods.items():
+            def loss_of(d, m=m, shape=shapes[n]):
+                h = m.register_forward_pre_hook(lambda mod, inp: (inp[0] + d.reshape(shape),))
+                try:
+                    return F.cross_entropy(model(x), y)
+                finally:
+                    h.remove()
+            zero = torch.zeros(math.prod(shapes[n]), dtype=torch.float64)
+            total[n] += float(torch.diagonal(torch.autograd.functional.hessian(loss_of, zero)).sum()) / len(batches)
+    return total
+
+
+@pytest.mark.parametrize("engine", ["double_backward", "double_backward_batched"])
+@pytest.mark.parametrize("make,shape", [(MLP, (16, 6)), (CNN, (8, 1, 6, 6))])
+def test_activation_traces_match_exact_hessian(make, shape, engine):
+    torch.manual_seed(4)
+    model = make().double().eval()
+    batches = [(torch.randn(*shape, dtype=torch.float64), torch.randint(0, 3, (shape[0],))) for _ in range(3)]
+    batches[-1] = (batches[-1][0][:5], batches[-1][1][:5])  # a short last batch
+    exact = exact_activation_traces(model, batches)
+    in_shapes = {"fc1": (6,), "fc2": (5,), "fc3": (4,)} if make is MLP else \
+        {"conv1": (1, 6, 6), "conv2": (3, 4, 4), "fc": (32,)}
+    res = activation_traces(model, F.cross_entropy, batches, in_shapes, rel_tol=0.0, max_probes=300, min_probes=300,
+                            engine=engine, probes_per_batch=2)
+    for name, true in exact.items():
+        est = res.layers[name]
+        assert abs(est.mean - true) <= 3 * est.se, (name, est, true)
+        assert est.se < 0.1 * max(map(abs, exact.values())), (name, est, exact)  # informative, not just wide
+    assert not any(h for m in model.modules() for h in m._forward_pre_hooks.values())  # taps removed
 
 
 def test_interval_coverage_over_seeds():

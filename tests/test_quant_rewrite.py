@@ -71,6 +71,35 @@ def test_graph_layers_macs_and_groups():
     assert g["layer2.0.conv1"].macs == 32 * 14 * 14 * 16 * 9
     assert g["fc"].macs == 640
     assert ("layer2.0.conv1", "layer2.0.shortcut.0") in g.groups
+    # the stem reaches layer1.0's identity skip through BN, ReLU; a skip from an add has no producer
+    assert g.residual == (("conv1", "layer1.0.conv2"), ("layer2.0.conv2", "layer2.0.shortcut.0"),
+                          ("layer3.0.conv2", "layer3.0.shortcut.0"))
+
+
+class _Branchy(nn.Module):
+    """Adds of two layers, of a layer and a constant, of a layer and an add, and a data-free graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c, self.d = (nn.Linear(4, 4) for _ in range(4))
+
+    def forward(self, x):
+        s = self.a(x) + torch.relu(self.b(x))  # tie a, b
+        t = self.c(s) + 1.0  # no tie: one producer
+        return self.d(torch.add(t, s)) + s  # c joins the add s (no producer): no tie; d + s: none
+
+
+def test_residual_adds_walk_back_through_single_input_ops():
+    assert trace_layers(_Branchy(), torch.randn(2, 4)).residual == (("a", "b"),)
+
+
+def test_untraceable_model_has_no_residual_ties():
+    class DataDependent(_Branchy):
+        def forward(self, x):
+            return self.a(x) + self.b(x) if x.sum() > 0 else self.c(x)
+
+    g = trace_layers(DataDependent(), torch.ones(2, 4))
+    assert g.residual == () and g.names == ["a", "b"]
 
 
 def test_uniform_plan_weights_equal_hand_quantization():

@@ -38,6 +38,31 @@ def test_omega_formula_and_monotone_in_bits():
             assert l.omega[2] > l.omega[3] > l.omega[4] > l.omega[8] > 0
 
 
+def test_activation_omega_formula_and_round_trip(tmp_path):
+    m = small_cnn()
+    data = batches()
+    p = profile(m, F.cross_entropy, data, bits=(2, 4, 8), max_probes=20, rel_tol=0.0, a_bits=(4, 8),
+                cache=tmp_path / "p.json", engine="jvp_vmap")
+    assert p.act_bits == (4, 8) and p.settings["act_probes"] == 20
+    assert [l.act_elems for l in p.layers] == [64, 4 * 6 * 6, 8 * 2 * 2]
+    # the first layer's input is the data: its error by hand, range the min/max of both batches
+    x = torch.cat([b[0] for b in data])
+    scale, zp, lo, hi = quant.act_qparams(float(x.min()), float(x.max()), 4)
+    by_hand = float(((torch.fake_quantize_per_tensor_affine(x, scale, zp, lo, hi) - x) ** 2).sum()) / len(x)
+    assert p.layers[0].act_sq_error[4] == pytest.approx(by_hand, rel=1e-6)
+    for l in p.layers:
+        assert l.act_trace_se > 0
+        for a, om in l.act_omega.items():
+            assert om == pytest.approx(max(l.act_trace, 0) / l.act_elems * l.act_sq_error[a])
+        assert l.act_sq_error[4] > l.act_sq_error[8] > 0
+    assert Profile.load(tmp_path / "p.json") == p
+    assert not (tmp_path / "p.json.act.partial").exists()
+    bare = profile(m, F.cross_entropy, data, bits=(2, 4, 8), max_probes=20, rel_tol=0.0, engine="jvp_vmap")
+    assert bare.act_bits == () and all(l.act_trace is None for l in bare.layers)
+    assert [l.trace for l in bare.layers] == [l.trace for l in p.layers]  # weight traces are unaffected
+    assert [l.act_elems for l in bare.layers] == [0, 0, 0]
+
+
 def test_round_trip_and_model_unchanged(tmp_path):
     m = small_cnn()
     before = copy.deepcopy(m.state_dict())

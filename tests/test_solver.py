@@ -1,6 +1,7 @@
 """The bit-width ILP against brute force, budgets, pins, ties, and the plan artifact."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -359,12 +360,12 @@ def multi_instance(rng: random.Random):
     layers = tuple(LayerProfile(l.name, l.kind, l.weight_shape, l.params, rng.randint(1, 400), l.trace, l.trace_se,
                                 l.probes, l.sq_error, l.omega) for l in profile.layers)
     profile = Profile(layers=layers, bits=profile.bits, groups=((layers[0].name, layers[1].name),),
-                      fingerprints=profile.fingerprints)
+                      fingerprints=profile.fingerprints, residual=((layers[1].name, layers[-1].name),))
     act = {l.name: decreasing_omega(rng, aset) for l in layers} if len(aset) > 1 else None
     lat = {l.name: {(w, a): rng.uniform(0.01, 1.0) * (1 + (w == 2)) for w in (2, 3, 4, 8) for a in (4, 8)}
            for l in layers}
     names = [l.name for l in layers]
-    ties = rng.choice([[], "graph", [names[-2:]]])
+    ties = rng.choice([[], "graph", "inputs", "residual", [names[-2:]]])
     pins: dict = {}
     if rng.random() < 0.5:
         w = rng.choice(wset)
@@ -372,6 +373,10 @@ def multi_instance(rng: random.Random):
     if rng.random() < 0.3:  # a regular expression matching several layers
         pins[r"layer[12]\.conv"] = rng.choice(wset)
     return profile, wset, aset, act, lat, pins, ties
+
+
+class PinConflict(Exception):
+    """Tied layers pinned to different candidates: solve() must refuse with a ConfigError."""
 
 
 def brute_force_multi(profile, wset, aset, act, lat, pins, ties, caps):
@@ -383,7 +388,16 @@ def brute_force_multi(profile, wset, aset, act, lat, pins, ties, caps):
         hit = [key] if key in names else [n for n in names if re.fullmatch(key, n)]
         for n in hit:
             allowed[n] = [c for c in cands if (c[0] == v if isinstance(v, int) else c == tuple(v))]
-    groups = [list(g) for g in profile.groups] if ties == "graph" else [list(t) for t in ties]
+    graph = {"inputs": profile.groups, "residual": profile.residual, "graph": profile.groups + profile.residual}
+    groups = [set(g) for g in graph[ties]] if isinstance(ties, str) else [set(t) for t in ties]
+    merged: list[set] = []
+    for g in groups:  # overlapping ties share one candidate: merge them
+        for m in [m for m in merged if m & g]:
+            merged.remove(m)
+            g = g | m
+        merged.append(g)
+    if any(not set.intersection(*(set(allowed[n]) for n in g)) for g in merged):
+        raise PinConflict
     best = None
     for combo in itertools.product(*(allowed[n] for n in names)):
         wa = dict(zip(names, combo))
@@ -430,6 +444,10 @@ def test_multi_constraint_ilp_matches_brute_force(solver):
         try:
             best = brute_force_multi(profile, wset, aset, act, lat, pins, ties, caps)
         except KeyError:
+            continue
+        except PinConflict:
+            with pytest.raises(ConfigError, match="pinned to different widths"):
+                solve(profile, Budget(**limits), **kw)
             continue
         if best is None:
             with pytest.raises(InfeasibleBudgetError):
@@ -537,6 +555,21 @@ def test_activation_widths_need_activation_sensitivities():
     assert {l.a_bits for l in plan.layers} == {4}  # the BOPs floor forces 4-bit activations
     with pytest.raises(ConfigError, match="act_omega"):
         solve(profile, Budget(avg_bits=4), a_bits=(4, 8), act_omega={"layer0.conv": {4: 1.0, 8: 0.0}})
+
+
+def test_profiled_activation_omega_is_used_when_it_covers_the_widths():
+    rng = random.Random(21)
+    base = small_profile(n=5, seed=21)
+    act = {l.name: decreasing_omega(rng, (4, 8)) for l in base.layers}
+    layers = tuple(dataclasses.replace(l, act_omega=act[l.name]) for l in base.layers)
+    profile = dataclasses.replace(base, layers=layers, act_bits=(4, 8))
+    budget = Budget(avg_bits=5, bops_ratio=0.4)
+    implicit = solve(profile, budget, a_bits=(4, 8), pins={})
+    assert implicit.assignment() == solve(base, budget, a_bits=(4, 8), act_omega=act, pins={}).assignment()
+    assert implicit.omega == pytest.approx(sum(l.omega[w] + act[l.name][a] for l, (w, a) in
+                                               zip(layers, (implicit.assignment()[l.name] for l in layers))))
+    with pytest.raises(ConfigError, match="only \\[4, 8\\].*--a-bits 2,8"):
+        solve(profile, budget, a_bits=(2, 8), pins={})
 
 
 def test_alternatives_are_the_next_best_plans_that_change_enough_weights():
