@@ -30,7 +30,7 @@ def _pin(s: str) -> tuple[str, int | tuple[int, int]]:
     return name, (int(w), int(act)) if act else int(w)
 
 
-LIMITS = ("megabytes", "avg_bits", "ratio", "gbops", "bops_ratio", "latency_ms")
+LIMITS = ("megabytes", "avg_bits", "ratio", "gbops", "bops_ratio", "latency_ms", "act_kb")
 
 
 def _limits(a) -> dict[str, float]:
@@ -246,6 +246,9 @@ def _limit_options(s: argparse.ArgumentParser, title: str) -> None:
     b = g.add_mutually_exclusive_group()
     b.add_argument("--gbops", type=float, help="bit operations per sample, Σ MACs·w·a, in 1e9")
     b.add_argument("--bops-ratio", type=float, help="BOPs r in [0,1] between the least and the most")
+    g.add_argument("--act-kb", type=float,
+                   help="peak activation memory in kB: the largest quantized layer input of one sample (a_bits/8 "
+                        "bytes per element); choose activation bits with --a-bits 4,8")
 
 
 def _candidate_options(s: argparse.ArgumentParser) -> None:

@@ -172,7 +172,7 @@ def guarded_solve(profile: Profile, budget: Budget, *, model: nn.Module, data: I
     solve_kwargs: bits, pins, ties, a_bits, act_omega, latency, time_limit, as in solve().
     """
     plans = alternatives(profile, budget, count, min_change=min_change, **solve_kwargs)
-    keep = ("pins", "a_bits", "ties", "bits", "latency")
+    keep = ("pins", "a_bits", "ties", "bits", "latency", "act_omega")
     uniform = uniform_plans_within(profile, budget, **{k: v for k, v in solve_kwargs.items() if k in keep})
     return guard(model, plans + uniform, data, holdout=holdout, cache=cache)
 

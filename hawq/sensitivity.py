@@ -35,8 +35,9 @@ class LayerProfile:
     probes: int
     sq_error: dict[int, float]  # bits -> ‖Q_b(W) − W‖²
     omega: dict[int, float]  # bits -> Tr(H)/n · ‖Q_b(W) − W‖² (trace clamped at 0)
-    # the input activation, when profiled (Profile.act_bits): elements per sample, the Hessian
-    # trace w.r.t. it (mean over samples), its quantization error per sample, and Ω_a(a_bits)
+    # the input activation: elements per sample (0 in profiles older than this field); when
+    # profiled (Profile.act_bits): the Hessian trace w.r.t. it (mean over samples), its
+    # quantization error per sample, and Ω_a(a_bits)
     act_elems: int = 0
     act_trace: float | None = None
     act_trace_se: float | None = None
@@ -219,11 +220,11 @@ def profile(
     for l in graph.layers:
         tr = _checked_trace(l.name, "", est.layers[l.name])
         e = est.layers[l.name]
-        row = {}
+        n_x = math.prod(l.in_shape)
+        row: dict[str, Any] = {"act_elems": n_x}
         if act is not None:
             a = act.layers[l.name]
-            n_x = math.prod(l.in_shape)
-            row = dict(act_elems=n_x, act_trace=a.mean, act_trace_se=a.se, act_sq_error=act_sq[l.name],
+            row.update(act_trace=a.mean, act_trace_se=a.se, act_sq_error=act_sq[l.name],
                        act_omega=omega_table(_checked_trace(l.name, " input", a), act_sq[l.name], n_x))
         layers.append(LayerProfile(l.name, l.kind, l.weight_shape, l.params, l.macs, e.mean, e.se, e.n, sq[l.name],
                                    omega_table(tr, sq[l.name], l.params), **row))

@@ -46,6 +46,8 @@ BUDGET_UNITS: dict[str, tuple[str, ...]] = {
     "latency_ms": ("latency_ms",),
 }
 BUDGET_KINDS = tuple(k for ks in BUDGET_UNITS.values() for k in ks)
+# peak activation memory is a cap on every layer, not a sum: it removes candidates (_cap_activations)
+ACT_KIND, KB = "act_kb", 1e3
 _INTEGER = ("weight_bits", "bops")  # resources whose per-layer values are integers
 _EXACT_BELOW = 5e8  # integer rows below this are held exactly (CBC's 1e-10 tolerance stays < 0.05)
 _FLOAT_TOL = 1e-9  # relative tolerance on the latency limit
@@ -524,6 +526,9 @@ class Budget:
     gbops: limit on bit operations per input sample, Σ MACs·w_bits·a_bits, in units of 1e9.
     bops_ratio: r in [0, 1] between the least and the most BOPs any plan can have.
     latency_ms: limit on Σ per-layer latency from a measured table (solve's `latency=`).
+    act_kb: limit on peak activation memory in kB (1 kB = 1e3 bytes): the largest quantized layer
+        input of one sample, max over layers of input elements · a_bits / 8 (float intermediates
+        and tensors kept for skip connections are not counted).
     At most one of megabytes, avg_bits, ratio and at most one of gbops, bops_ratio.
     """
 
@@ -533,12 +538,14 @@ class Budget:
     gbops: float | None = None
     bops_ratio: float | None = None
     latency_ms: float | None = None
+    act_kb: float | None = None
 
     def __post_init__(self) -> None:
-        given = {k: getattr(self, k) for k in BUDGET_KINDS if getattr(self, k) is not None}
+        given = {k: getattr(self, k) for k in BUDGET_KINDS + (ACT_KIND,) if getattr(self, k) is not None}
         if not given:
             raise ConfigError("a budget needs at least one limit: exactly one of megabytes, avg_bits, ratio "
-                              "(weights), and/or one of gbops, bops_ratio (BOPs), and/or latency_ms; got none")
+                              "(weights), and/or one of gbops, bops_ratio (BOPs), and/or latency_ms, and/or act_kb; "
+                              "got none")
         for kinds in BUDGET_UNITS.values():
             both = {k: v for k, v in given.items() if k in kinds}
             if len(both) > 1:
@@ -553,11 +560,16 @@ class Budget:
 
     def limits(self) -> dict[str, float]:
         """The limits given, {unit: value}, e.g. {"avg_bits": 4.0, "gbops": 1.2}."""
-        return {k: float(getattr(self, k)) for k in BUDGET_KINDS if getattr(self, k) is not None}
+        return {k: float(getattr(self, k)) for k in BUDGET_KINDS + (ACT_KIND,) if getattr(self, k) is not None}
 
     def as_dict(self) -> dict[str, float]:
         """The limits given, {unit: value} (as limits())."""
         return self.limits()
+
+    def act_cap(self) -> dict[str, float]:
+        """{"act_bytes": the peak activation limit in bytes} if act_kb is set, else {}; for the
+        constraint records only (the limit acts by removing candidates, not as an ILP row)."""
+        return {} if self.act_kb is None else {"act_bytes": self.act_kb * KB}
 
     def unit_of(self, resource: str) -> str | None:
         """The unit this budget limits `resource` in, or None if it does not limit it.
@@ -886,7 +898,49 @@ def _constraint_records(profile: Profile, wa: Mapping[str, Cand], caps: Mapping[
         limit = None if cap is None else (_floor_bits(cap) if r in _INTEGER else cap) / div
         out["weight_bytes" if r == "weight_bits" else r] = {
             "limit": limit, "value": total / div, "slack": None if limit is None else limit - total / div}
+    peak = peak_act_bytes(profile, wa)
+    if peak is not None:
+        limit = caps.get("act_bytes")
+        out["act_bytes"] = {"limit": limit, "value": peak, "slack": None if limit is None else limit - peak}
     return out
+
+
+def peak_act_bytes(profile: Profile, wa: Mapping[str, Cand]) -> float | None:
+    """The largest quantized layer input of one sample, in bytes (input elements · a_bits / 8), or
+    None when the profile lacks the layers' input sizes.
+
+    profile: the layers (act_elems).
+    wa: name → (w_bits, a_bits) for every layer.
+    """
+    if any(l.act_elems <= 0 for l in profile.layers):
+        return None
+    return max(l.act_elems * wa[l.name][1] / 8 for l in profile.layers)
+
+
+def _cap_activations(p: _Problem, budget: Budget) -> _Problem:
+    """The problem without the candidates whose activation width puts a layer input of the unit
+    above the budget's act_kb; unchanged without that limit.
+
+    p: the validated problem.
+    budget: the budget asked for.
+    """
+    if budget.act_kb is None:
+        return p
+    layers = p.profile.layers
+    if any(l.act_elems <= 0 for l in layers):
+        raise ConfigError("an act_kb limit needs each layer's input size, which this profile lacks; "
+                          "regenerate it with `hawq profile`")
+    cap = budget.act_kb * KB
+    need = [[max(layers[i].act_elems * c[1] / 8 for i in m) for c in al] for m, al in zip(p.units, p.allowed)]
+    keep = [[j for j, b in enumerate(row) if b <= cap] for row in need]
+    if not all(keep):
+        u = max(range(len(need)), key=lambda u: min(need[u]))
+        raise InfeasibleBudgetError(
+            f"budget act_kb={budget.act_kb:g} is infeasible; the smallest feasible budget is "
+            f"act_kb={_ceil_sig(min(need[u]) / KB)!r} ({layers[p.units[u][0]].name}'s input at its lowest allowed "
+            f"activation width of {_fmt_cands(p.allowed[u])}); raise it, add a lower activation width or pin fewer layers")
+    pick = lambda rows: tuple(tuple(row[j] for j in k) for row, k in zip(rows, keep))  # noqa: E731
+    return replace(p, allowed=pick(p.allowed), cost=pick(p.cost), coef={r: pick(rows) for r, rows in p.coef.items()})
 
 
 def _make_plan(p: _Problem, wa: Mapping[str, Cand], *, caps: Mapping[str, float], budget: dict[str, Any],
@@ -1373,10 +1427,11 @@ def solve(profile: Profile, budget: Budget, *, bits: Sequence[int] | None = None
     _check_time_limit(time_limit)
     p = _problem(profile, bits=bits, a_bits=a_bits, pins=pins, ties=ties, act_omega=act_omega, latency=latency)
     caps = budget._caps(p)
+    p = _cap_activations(p, budget)
     _check_feasible(p, budget, caps)
     chosen, status, gap = _solve(p, budget, caps, time_limit=time_limit, solver=solver)  # type: ignore[misc]
     wa = _per_layer(p, chosen)
-    return replace(_make_plan(p, wa, caps=caps, budget=_budget_record(budget, caps), status=status, gap=gap,
+    return replace(_make_plan(p, wa, caps=caps | budget.act_cap(), budget=_budget_record(budget, caps), status=status, gap=gap,
                               seconds=time.perf_counter() - t0, label=f"mixed@{avg_bits_of(profile, wa):.2f}b"),
                    solver=solver_backend(solver, p.free))
 
@@ -1406,6 +1461,7 @@ def alternatives(profile: Profile, budget: Budget, count: int = 3, *, min_change
                   latency=latency, time_limit=time_limit, solver=solver)
     p = _problem(profile, bits=bits, a_bits=a_bits, pins=pins, ties=ties, act_omega=act_omega, latency=latency)
     caps = budget._caps(p)
+    p = _cap_activations(p, budget)
     keep = p.total_params - math.ceil(min_change * p.total_params)
     layers = profile.layers
     plans, cuts = [first], []
@@ -1417,7 +1473,8 @@ def alternatives(profile: Profile, budget: Budget, count: int = 3, *, min_change
         if res is None:
             break
         wa = _per_layer(p, res[0])
-        plans.append(replace(_make_plan(p, wa, caps=caps, budget=_budget_record(budget, caps), status=res[1],
+        plans.append(replace(_make_plan(p, wa, caps=caps | budget.act_cap(), budget=_budget_record(budget, caps),
+                                        status=res[1],
                                         gap=res[2], seconds=time.perf_counter() - t0,
                                         label=f"mixed@{avg_bits_of(profile, wa):.2f}b-alt{i}"),
                              solver=first.solver))
@@ -1479,7 +1536,8 @@ def fixed_plan(profile: Profile, assignment: Mapping[str, Any], *, label: str, p
 def uniform_plans_within(profile: Profile, budget: Budget, *, pins: Mapping[str, Any] | None = None,
                          a_bits: int | Sequence[int] = 8, ties: Sequence[Sequence[str]] | str = (),
                          bits: Sequence[int] | None = None,
-                         latency: Mapping[str, Mapping[Any, float]] | None = None) -> list[Plan]:
+                         latency: Mapping[str, Mapping[Any, float]] | None = None,
+                         act_omega: Mapping[str, Mapping[int, float]] | None = None) -> list[Plan]:
     """Every uniform plan (each profiled weight width × each activation width) that meets every
     limit of `budget`, with the same pins and ties; their constraint records carry its limits.
 
@@ -1489,8 +1547,9 @@ def uniform_plans_within(profile: Profile, budget: Budget, *, pins: Mapping[str,
     a_bits: activation width(s).
     bits: the candidate weight widths a ratio limit refers to (None: profile.bits).
     latency: layer → {(w, a): ms}; a uniform plan at a width the table lacks is left out.
+    act_omega: as in solve(); validated with several activation widths, not used for the plans.
     """
-    p = _problem(profile, bits=bits, a_bits=a_bits, pins=pins, ties=ties, latency=latency)
+    p = _problem(profile, bits=bits, a_bits=a_bits, pins=pins, ties=ties, latency=latency, act_omega=act_omega)
     caps = budget._caps(p)
     out = []
     for a in _act_bits(a_bits):
@@ -1500,8 +1559,11 @@ def uniform_plans_within(profile: Profile, budget: Budget, *, pins: Mapping[str,
                 totals = _totals(profile, plan.assignment(), latency)
             except ConfigError:
                 continue  # its latency was not measured: it cannot be shown to fit
-            if all(_within(r, totals[r], cap) for r, cap in caps.items()):
-                out.append(replace(plan, constraints=_constraint_records(profile, plan.assignment(), caps, latency)))
+            peak = peak_act_bytes(profile, plan.assignment())
+            if all(_within(r, totals[r], cap) for r, cap in caps.items()) and \
+                    (budget.act_kb is None or peak is not None and peak <= budget.act_kb * KB):
+                out.append(replace(plan, constraints=_constraint_records(profile, plan.assignment(),
+                                                                         caps | budget.act_cap(), latency)))
     return out
 
 
@@ -1533,6 +1595,8 @@ def sweep(profile: Profile, *, axis: str = "weight", points: int = 50, budget: B
     r = SWEEP_AXES[axis]
     p = _problem(profile, bits=bits, a_bits=a_bits, pins=pins, ties=ties, act_omega=act_omega, latency=latency)
     fixed = budget._caps(p) if budget is not None else {}
+    if budget is not None:
+        p = _cap_activations(p, budget)
     if budget is not None and budget.unit_of(r) is not None:
         raise ConfigError(f"the sweep varies the {axis} limit; drop {budget.unit_of(r)} from the budget")
     if budget is not None:
@@ -1561,7 +1625,8 @@ def sweep(profile: Profile, *, axis: str = "weight", points: int = 50, budget: B
         record = {**(budget.limits() if budget is not None else {}), unit: cap / div}
         if r == "weight_bits":
             record["weight_bytes_limit"] = cap / 8
-        plans.append(replace(_make_plan(p, wa, caps=caps, budget=record, status=res[1], gap=res[2],
+        plans.append(replace(_make_plan(p, wa, caps=caps | (budget.act_cap() if budget else {}), budget=record,
+                                        status=res[1], gap=res[2],
                                         seconds=time.perf_counter() - t0,
                                         label=f"mixed@{avg_bits_of(profile, wa):.2f}b"),
                              solver=solver_backend(solver, p.free)))

@@ -60,7 +60,7 @@ def test_activation_omega_formula_and_round_trip(tmp_path):
     bare = profile(m, F.cross_entropy, data, bits=(2, 4, 8), max_probes=20, rel_tol=0.0, engine="jvp_vmap")
     assert bare.act_bits == () and all(l.act_trace is None for l in bare.layers)
     assert [l.trace for l in bare.layers] == [l.trace for l in p.layers]  # weight traces are unaffected
-    assert [l.act_elems for l in bare.layers] == [0, 0, 0]
+    assert [l.act_elems for l in bare.layers] == [64, 4 * 6 * 6, 8 * 2 * 2]
 
 
 def test_round_trip_and_model_unchanged(tmp_path):

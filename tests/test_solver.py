@@ -409,6 +409,8 @@ def brute_force_multi(profile, wset, aset, act, lat, pins, ties, caps):
         if "w" in caps and tot["w"] > _floor(caps["w"]) or "b" in caps and tot["b"] > _floor(caps["b"]) or \
                 "l" in caps and tot["l"] > caps["l"] * (1 + 1e-9):
             continue
+        if "a" in caps and max(l.act_elems * wa[l.name][1] / 8 for l in profile.layers) > caps["a"]:
+            continue
         obj = math.fsum(l.omega[wa[l.name][0]] + (act[l.name][wa[l.name][1]] if act else 0.0) for l in profile.layers)
         if best is None or obj < best[0]:
             best = (obj, wa)
@@ -419,10 +421,13 @@ def brute_force_multi(profile, wset, aset, act, lat, pins, ties, caps):
 def test_multi_constraint_ilp_matches_brute_force(solver):
     """At least 100 feasible random instances: weight, BOPs and latency limits in random subsets,
     (w, a) candidates with activation Ω, pins by name, pair and regex, ties given or from the graph."""
-    rng = random.Random(99)
+    rng, act_rng = random.Random(99), random.Random(98)
     feasible = infeasible = 0
-    for _ in range(220):
+    for _ in range(320):
         profile, wset, aset, act, lat, pins, ties = multi_instance(rng)
+        sizes = [act_rng.randint(1, 500) for _ in profile.layers]  # input elements: a peak-memory limit
+        profile = dataclasses.replace(profile, layers=tuple(dataclasses.replace(l, act_elems=n)
+                                                            for l, n in zip(profile.layers, sizes)))
         P = sum(l.params for l in profile.layers)
         M = sum(l.macs for l in profile.layers)
         kinds = [k for k in ("w", "b", "l") if rng.random() < 0.7] or ["b"]
@@ -440,6 +445,9 @@ def test_multi_constraint_ilp_matches_brute_force(solver):
             caps["b"] = limits["gbops"] * 1e9
         if "l" in kinds:
             limits["latency_ms"] = caps["l"] = rng.uniform(0.3, 1.2) * len(profile.layers)
+        if act_rng.random() < 0.4:
+            caps["a"] = act_rng.uniform(0.3, 1.0) * max(sizes) * max(aset) / 8
+            limits["act_kb"] = caps["a"] / 1e3
         kw = dict(bits=wset, a_bits=aset, act_omega=act, latency=lat, pins=pins, ties=ties, solver=solver)
         try:
             best = brute_force_multi(profile, wset, aset, act, lat, pins, ties, caps)
@@ -464,6 +472,8 @@ def test_multi_constraint_ilp_matches_brute_force(solver):
         if "b" in caps:
             assert sum(l.macs * wa[l.name][0] * wa[l.name][1] for l in profile.layers) <= _floor(caps["b"])
             assert plan.constraints["bops"]["slack"] >= 0
+        if "a" in caps:
+            assert plan.constraints["act_bytes"]["value"] <= caps["a"] and plan.constraints["act_bytes"]["slack"] >= 0
         assert set(wa.values()) <= {(w, a) for w in wset for a in aset}
     assert feasible >= 100 and infeasible >= 10, (feasible, infeasible)
 
@@ -570,6 +580,24 @@ def test_profiled_activation_omega_is_used_when_it_covers_the_widths():
                                                zip(layers, (implicit.assignment()[l.name] for l in layers))))
     with pytest.raises(ConfigError, match="only \\[4, 8\\].*--a-bits 2,8"):
         solve(profile, budget, a_bits=(2, 8), pins={})
+
+
+def test_peak_activation_limit_removes_wide_inputs_and_names_the_least_feasible():
+    base = small_profile(n=4, seed=22)
+    sizes = [4000, 1000, 2000, 500]
+    profile = dataclasses.replace(base, layers=tuple(dataclasses.replace(l, act_elems=n)
+                                                     for l, n in zip(base.layers, sizes)))
+    act = {l.name: {4: 1.0, 8: 0.0} for l in profile.layers}
+    plan = solve(profile, Budget(act_kb=2.0), a_bits=(4, 8), act_omega=act, pins={})
+    assert [l.a_bits for l in plan.layers] == [4, 8, 8, 8]  # 4000 inputs at 8 bits are 4 kB
+    assert plan.constraints["act_bytes"] == {"limit": 2000.0, "value": 2000.0, "slack": 0.0}
+    assert plan.budget["act_kb"] == 2.0
+    with pytest.raises(InfeasibleBudgetError, match=r"act_kb=1\.9 is infeasible.*act_kb=2\b.*layer0\.conv"):
+        solve(profile, Budget(act_kb=1.9), a_bits=(4, 8), act_omega=act, pins={})
+    fit = uniform_plans_within(profile, Budget(act_kb=3.0), a_bits=(4, 8), pins={}, act_omega=act)
+    assert len(fit) == len(profile.bits) and all(set(u.assignment().values()) == {(u.layers[0].w_bits, 4)} for u in fit)
+    with pytest.raises(ConfigError, match="input size.*hawq profile"):
+        solve(base, Budget(act_kb=2.0), a_bits=(4, 8), act_omega=act, pins={})
 
 
 def test_alternatives_are_the_next_best_plans_that_change_enough_weights():
