@@ -85,6 +85,18 @@ def cmd_solve(a) -> None:
         print(f"  {l.name:<24} W{l.w_bits}A{l.a_bits}{'  (pinned)' if l.pinned else ''}")
 
 
+def _k(s: str) -> int | str:
+    if s == "auto":
+        return s
+    try:
+        k = int(s)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, not {s!r}")
+    return k
+
+
 def _ties(a):
     """The graph-derived ties the flags ask for, as solve() takes them."""
     which = {(True, True): "graph", (True, False): "inputs", (False, True): "residual"}
@@ -281,7 +293,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--rel-tol", type=float, help="target relative standard error of each significant layer")
     s.add_argument("--max-probes", type=int, help="probe cap")
     s.add_argument("--seed", type=int)
-    s.add_argument("--probes-per-batch", type=int, help="Rademacher probes on each batch per round")
+    s.add_argument("--probes-per-batch", type=_k,
+                   help="Rademacher probes on each batch per round, or auto: as many (<= 8) as half the free memory holds")
     s.add_argument("--engine", default="auto", choices=("auto", "double_backward", "double_backward_batched", "jvp_vmap"),
                    help="HVP engine; auto times one probe of each and keeps the fastest")
     s.add_argument("--a-bits", type=_bits,

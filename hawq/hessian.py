@@ -178,6 +178,70 @@ def pick_engine(model, loss_fn, batch, params, k: int, engines: Sequence[str] = 
     return best
 
 
+def saved_bytes(model, loss_fn, batch) -> int:
+    """Bytes autograd saves for the backward of one forward pass on `batch` (the activation memory
+    of training), counted by a saved-tensors hook; each storage once."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        try:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        except (RuntimeError, NotImplementedError):  # tensors without storage (functorch wrappers)
+            seen[id(t)] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), hvp_context():
+        loss = _loss(model, loss_fn, *batch)
+    del loss
+    return sum(seen.values())
+
+
+def probe_bytes(model, loss_fn, batch, params, engine: str) -> int:
+    """Memory one more probe per batch costs with `engine`: on a GPU, measured (allocator peak of a
+    2-probe HVP minus a 1-probe one); elsewhere estimated as 3× the saved activations of one
+    forward (a probe carries a tangent of each saved tensor, the gradient and its tangent)."""
+    device = params[0].device
+    if device.type != "cuda":
+        return 3 * saved_bytes(model, loss_fn, batch)
+    peaks = []
+    for k in (1, 2):
+        vs = rademacher(params, k, 0, 0)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        with hvp_context():
+            _ENGINE_FNS[engine](model, loss_fn, *batch, params)(vs)
+        torch.cuda.synchronize(device)
+        peaks.append(torch.cuda.max_memory_allocated(device))
+        del vs
+    return max(peaks[1] - peaks[0], 1)
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Free memory on `device`: CUDA's free bytes, or the host's MemAvailable (Linux); None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in open("/proc/meminfo", encoding="ascii"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def choose_k(model, loss_fn, batch, params, engine: str, *, k_max: int = 8, share: float = 0.5,
+             free: int | None = None) -> int:
+    """Probes per batch: the most (1..k_max) whose extra memory fits in `share` of the free memory
+    (`free` bytes, default free_bytes of the weights' device); k_max when free memory is unknown."""
+    free = free_bytes(params[0].device) if free is None else free
+    if free is None:
+        return k_max
+    per = probe_bytes(model, loss_fn, batch, params, engine)
+    k = max(1, min(k_max, int(share * free // per)))
+    log.info("probes per batch: %d (%.3g MB a probe, %.3g MB free)", k, per / 1e6, free / 1e6)
+    return k
+
+
 # -------------------------------------------------------------------------------------- estimator
 
 def significant(means: Mapping[str, float], importance: Mapping[str, float], share: float = 0.01) -> list[str]:

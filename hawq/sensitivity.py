@@ -15,7 +15,7 @@ from . import quant
 from .artifacts import fingerprint_obj, fingerprint_tensors, read_json, write_json
 from .errors import ArtifactError, DataError
 from .graph import trace_layers
-from .hessian import TraceResult, TraceState, activation_traces, hutchinson_traces, world
+from .hessian import TraceResult, TraceState, activation_traces, choose_k, hutchinson_traces, world
 from .rewrite import fold_bn
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def profile(
     max_probes: int = 200,
     min_probes: int = 8,
     seed: int = 0,
-    probes_per_batch: int = 1,
+    probes_per_batch: int | str = 1,
     engine: str = "auto",
     weight_method: str = "mse",
     device: str | torch.device = "cpu",
@@ -163,6 +163,8 @@ def profile(
     settings is loaded instead of recomputed; otherwise the run checkpoints after each round to
     `<cache>.partial` (resumed by the next call with the same inputs) and saves the profile
     there. Under torch.distributed the data rounds are split across processes; rank 0 writes.
+    `probes_per_batch`: k probes on each batch per round, or "auto": the most (≤ 8) whose memory
+    fits in half the free memory (hawq.hessian.choose_k; recorded in settings["k"]).
     `a_bits`: activation widths to profile too (HAWQ-V3's activation sensitivity): a second
     Hutchinson run estimates each layer input's Hessian trace, and Ω_a(a) uses the rewriter's
     per-tensor min/max quantizer (affine, or symmetric with `act_symmetric`, as for TensorRT).
@@ -174,6 +176,9 @@ def profile(
     batches = [(x.to(device), y.to(device)) for x, y in data]
     if not batches or sum(len(y) for _, y in batches) == 0:
         raise DataError("profile data is empty; give at least one (input, target) batch")
+    if probes_per_batch != "auto" and (isinstance(probes_per_batch, bool) or not isinstance(probes_per_batch, int)
+                                       or probes_per_batch < 1):
+        raise ValueError(f"probes_per_batch must be a positive integer or 'auto', not {probes_per_batch!r}")
     settings = {"rel_tol": rel_tol, "max_probes": max_probes, "min_probes": min_probes, "seed": seed,
                 "probes_per_batch": probes_per_batch, "weight_method": weight_method, "bits": list(bits)}
     a_bits = tuple(sorted({int(b) for b in a_bits}))
@@ -197,8 +202,16 @@ def profile(
     sq = {n: {b: quant.weight_sq_error(w, b, weight_method) for b in bits} for n, w in weights.items()}
     importance = {n: sq[n][bits[0]] / weights[n].numel() for n in weights}
     checkpoint = None if cache is None else Path(f"{cache}.partial")
+    k = probes_per_batch
+    if k == "auto":
+        params = list(weights.values())
+        try:
+            k = choose_k(folded, loss_fn, batches[0], params, "jvp_vmap" if engine == "auto" else engine)
+        except Exception as e:  # noqa: BLE001 — an engine without a rule for some op: measure another
+            log.info("measuring probe memory with jvp_vmap failed (%s); using double_backward_batched", e)
+            k = choose_k(folded, loss_fn, batches[0], params, "double_backward_batched")
     est = hutchinson_traces(folded, loss_fn, batches, weights, importance=importance, rel_tol=rel_tol,
-                            max_probes=max_probes, min_probes=min_probes, probes_per_batch=probes_per_batch,
+                            max_probes=max_probes, min_probes=min_probes, probes_per_batch=k,
                             seed=seed, engine=engine, progress=progress,
                             state=None if checkpoint is None else _load_checkpoint(checkpoint, fingerprints, list(weights)),
                             on_round=None if checkpoint is None else lambda st: _save_checkpoint(checkpoint, fingerprints, st))
@@ -211,7 +224,7 @@ def profile(
         act = activation_traces(
             folded, loss_fn, batches, {l.name: l.in_shape for l in graph.layers},
             importance={n: act_sq[n][a_bits[0]] / elems[n] for n in elems}, rel_tol=rel_tol, max_probes=max_probes,
-            min_probes=min_probes, probes_per_batch=probes_per_batch, seed=seed, engine="auto", progress=progress,
+            min_probes=min_probes, probes_per_batch=k, seed=seed, engine="auto", progress=progress,
             state=None if act_checkpoint is None else _load_checkpoint(act_checkpoint, fingerprints, list(elems)),
             on_round=None if act_checkpoint is None else lambda st: _save_checkpoint(act_checkpoint, fingerprints, st))
         unconverged += [f"{n} (input)" for n in act.unconverged]
@@ -229,7 +242,7 @@ def profile(
         layers.append(LayerProfile(l.name, l.kind, l.weight_shape, l.params, l.macs, e.mean, e.se, e.n, sq[l.name],
                                    omega_table(tr, sq[l.name], l.params), **row))
     result = Profile(tuple(layers), bits, graph.groups, tuple(unconverged), fingerprints,
-                     {**settings, "engine": est.engine, "probes": est.probes, "rounds": est.rounds, **extra},
+                     {**settings, "engine": est.engine, "probes": est.probes, "rounds": est.rounds, "k": k, **extra},
                      time.time() - t0, graph.residual, a_bits)
     if cache is not None and world()[0] == 0:
         result.save(cache)

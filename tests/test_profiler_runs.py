@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn import functional as F
 
-from hawq.hessian import ENGINES, TraceState, hutchinson_traces, pick_engine
+from hawq.hessian import ENGINES, TraceState, choose_k, hutchinson_traces, pick_engine, saved_bytes
 
 
 def net():
@@ -121,3 +121,23 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     a, b = Profile.load(ref), Profile.load(out)
     assert [l.trace for l in a.layers] == pytest.approx([l.trace for l in b.layers], rel=1e-9)
     assert not partial.exists()
+
+
+def test_saved_bytes_counts_the_activations_backward_keeps():
+    """A Linear(6, 5) then cross-entropy on a batch of 16 (float64): autograd keeps the input
+    (16·6) for the weight gradient and the logits' softmax (16·5); nothing else is that large."""
+    lin = nn.Linear(6, 5).double()
+    x, y = torch.randn(16, 6, dtype=torch.float64), torch.randint(0, 5, (16,))
+    got = saved_bytes(lin, F.cross_entropy, (x, y))
+    assert 8 * (16 * 6 + 16 * 5) <= got <= 8 * (16 * 6 + 16 * 5) + 8 * 16 * 5 + 1024
+    assert saved_bytes(lin, F.cross_entropy, (torch.cat([x, x]), torch.cat([y, y]))) > 1.9 * got - 1024
+
+
+def test_k_is_chosen_from_free_memory():
+    m = net()
+    batches = data()
+    params = list(weights(m).values())
+    per = 3 * saved_bytes(m, F.cross_entropy, batches[0])
+    assert choose_k(m, F.cross_entropy, batches[0], params, "jvp_vmap", free=10 * per, share=0.5) == 5
+    assert choose_k(m, F.cross_entropy, batches[0], params, "jvp_vmap", free=per, share=0.5) == 1
+    assert choose_k(m, F.cross_entropy, batches[0], params, "jvp_vmap", free=10**15, k_max=8) == 8

@@ -124,3 +124,11 @@ def test_transformer_encoder_profiles(engine):
     q = profile(m, F.cross_entropy, data, bits=(4, 8), max_probes=4, engine=engine)
     # dropout off: the same traces (auto may time a different engine the second time: same samples, other rounding)
     assert [l.trace for l in p.layers] == pytest.approx([l.trace for l in q.layers], rel=1e-5)
+
+
+def test_probes_per_batch_auto_records_the_chosen_k():
+    p = profile(small_cnn(), F.cross_entropy, batches(), max_probes=8, rel_tol=0.0, probes_per_batch="auto")
+    assert p.settings["probes_per_batch"] == "auto" and 1 <= p.settings["k"] <= 8
+    assert p.settings["probes"] % (2 * p.settings["k"]) == 0  # whole rounds of k probes on each of 2 batches
+    with pytest.raises(ValueError, match="positive integer or 'auto'"):
+        profile(small_cnn(), F.cross_entropy, batches(), probes_per_batch=0)
