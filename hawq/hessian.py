@@ -416,30 +416,42 @@ def top_eigenvalues(
     tol: float = 1e-3,
     seed: int = 0,
     engine: str = "double_backward_batched",
+    chunk: int | None = None,
 ) -> dict[str, float]:
     """Largest-magnitude eigenvalue of each layer's diagonal Hessian block H_ll (HAWQ-V1's
-    sensitivity), by power iteration on all layers at once: probe j is nonzero only on layer j,
-    so one batched HVP returns H_jj v_j for every j. Stops when every estimate changes by less
-    than `tol` (relative) or after `iters` iterations."""
+    sensitivity), by power iteration on `chunk` layers at once: probe j is nonzero only on layer j,
+    so one batched HVP returns H_jj v_j for every layer of the chunk. A chunk stops when every
+    estimate in it changes by less than `tol` (relative) or after `iters` iterations. `chunk`:
+    None for as many layers as half the free memory holds (see choose_k); the start vectors, and
+    so the result up to `tol`, do not depend on it."""
     names = list(weights)
     params = [weights[n] for n in names]
     x, y = batch
     gen = torch.Generator().manual_seed(seed)
-    vs = [torch.zeros(len(params), *p.shape, dtype=p.dtype, device=p.device) for p in params]
-    for j, p in enumerate(params):
+    starts = []
+    for p in params:
         r = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)
-        vs[j][j] = r / r.norm()
+        starts.append(r / r.norm())
+    if chunk is None:
+        chunk = choose_k(model, loss_fn, batch, params, engine, k_max=len(params))
     eig = torch.zeros(len(params), dtype=torch.float64)
     with hvp_context():
         hvp = _ENGINE_FNS[engine](model, loss_fn, x, y, params)
-        for _ in range(iters):
-            hv = hvp(vs)
-            new = torch.tensor([float((vs[j][j] * hv[j][j]).sum()) for j in range(len(params))], dtype=torch.float64)
-            for j in range(len(params)):
-                w = hv[j][j]
-                vs[j][j] = w / w.norm().clamp_min(1e-30)
-            done = bool(((new - eig).abs() <= tol * new.abs().clamp_min(1e-30)).all())
-            eig = new
-            if done:
-                break
+        for lo in range(0, len(params), max(1, chunk)):
+            idx = list(range(lo, min(len(params), lo + max(1, chunk))))
+            vs = [torch.zeros(len(idx), *p.shape, dtype=p.dtype, device=p.device) for p in params]
+            for r, j in enumerate(idx):
+                vs[j][r] = starts[j]
+            cur = torch.zeros(len(idx), dtype=torch.float64)
+            for _ in range(iters):
+                hv = hvp(vs)
+                new = torch.tensor([float((vs[j][r] * hv[j][r]).sum()) for r, j in enumerate(idx)], dtype=torch.float64)
+                for r, j in enumerate(idx):
+                    w = hv[j][r]
+                    vs[j][r] = w / w.norm().clamp_min(1e-30)
+                done = bool(((new - cur).abs() <= tol * new.abs().clamp_min(1e-30)).all())
+                cur = new
+                if done:
+                    break
+            eig[idx] = cur
     return {n: float(e) for n, e in zip(names, eig)}
