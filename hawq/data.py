@@ -66,7 +66,8 @@ def load_split(split: str = "test", folder: str | Path | None = None, download: 
             folder = DEBIAN_DIR
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"data folder {folder} does not exist; install Debian's dataset-fashion-mnist or pass --data-dir")
+        raise DataError(f"data folder {folder} does not exist; install Debian's dataset-fashion-mnist, or set "
+                        "[data] folder in the recipe to a folder holding the Fashion-MNIST idx files")
     images = read_idx(_find(folder, f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(_find(folder, f"{prefix}-labels-idx1-ubyte"))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels) or len(labels) == 0:
