@@ -78,7 +78,8 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Sequence, cache: GuardCach
 
     model: the float model (unchanged).
     plan: the per-layer widths.
-    data: calibration batches (the same for every call with this cache).
+    data: calibration batches for the activations (calibrated afresh on every call; the cached
+        layers carry only the weight quantization, so the data may differ between calls).
     cache: per-pair quantized models.
     """
     wa = plan.assignment()

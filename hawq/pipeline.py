@@ -14,14 +14,13 @@ from torch.nn import functional as F
 from . import data as D
 from .artifacts import write_json
 from .frontier import Frontier, pareto
-from .guard import GuardCache, guarded_solve
+from .guard import GuardCache, guarded_solve, quantize_plan
 from . import zoo
 from .models import BUILDERS, checkpoint_path, load_checkpoint
 from .onnx_export import ExportReport, export_onnx
 from .recipe import Recipe
 from .report import write_report
 from .report_html import write_html_report
-from .rewrite import quantize
 from .sensitivity import Profile, profile
 from .solver import Budget, Plan, solve, uniform_plan
 
@@ -127,7 +126,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, l
     rows = [Row("fp32", None, acc, loss, 4 * n_params, 32.0, "fp32")]
     plans: dict[str, Plan] = {}
     qmodels = {}
-    solve_fn = partial(guarded_solve, model=model, data=batches, cache=GuardCache()) if guard else solve
+    cache = GuardCache()  # per-width quantized layers, shared by the guard and the final plans
+    solve_fn = partial(guarded_solve, model=model, data=batches, cache=cache) if guard else solve
     for bits, uni, mixed in budget_plans(prof, recipe, solve_fn):
         for method, plan in (("uniform", uni), ("mixed", mixed)):
             if plan is None:
@@ -135,7 +135,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, l
             name = f"{method}_{bits:g}" if bits is not None else plan.label
             plan.save(out / f"plan_{name}.json")
             plans[name] = plan
-            q = quantize(model, plan, batches)
+            q = quantize_plan(model, plan, batches, cache)  # = quantize(model, plan, batches), weights reused
             acc, loss = D.evaluate(q, ev)
             qmodels[name] = q
             rows.append(Row(method, bits, acc, loss, plan.weight_bytes, plan.avg_bits, name))

@@ -101,6 +101,18 @@ def test_cached_quantization_equals_rewrite_quantize():
     assert set(cache.pairs) == {(4, 8)} | set(plan.assignment().values())
 
 
+def test_cached_layers_recalibrate_on_other_data():
+    """The cache keeps weight quantization only: activations are calibrated on the data given."""
+    model = mlp()
+    data = batches(model, n=3)
+    prof = planted_profile(model)
+    plan = solve(prof, Budget(avg_bits=4), bits=(2, 4, 8), pins={})
+    cache = GuardCache()
+    quantize_plan(model, plan, data[:1], cache)
+    x = torch.randn(32, 16)
+    assert torch.equal(quantize_plan(model, plan, data, cache)(x), quantize(model, plan, data)(x))
+
+
 def test_split_calibration():
     x, y = torch.randn(10, 3), torch.arange(10)
     cal, held, really = split_calibration([(x[:4], y[:4]), (x[4:8], y[4:8]), (x[8:], y[8:])], 0.3)
