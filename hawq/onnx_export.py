@@ -107,6 +107,9 @@ class ExportReport:
                          f"{100 * v.frac_off_by_more_than_1_step:.3f}% off by > 1 step"
                          + ("" if v.diff_vs_quant_error is None else
                             f", mean diff {v.diff_vs_quant_error:.3g} of the quantization error"))
+            if v.noise_frac_off_by_more_than_1_step is not None:
+                lines.append(f"  PyTorch against itself, inputs off by 1e-6: {100 * v.noise_frac_off_by_more_than_1_step:.3f}% "
+                             f"off by > 1 step, cosine {v.noise_cosine:.6f} (float rounding alone)")
             if v.plan_cosine is not None:
                 lines.append(f"  legalised vs planned model: cosine {v.plan_cosine:.6f}, top-1 agreement {v.plan_top1_agreement}")
         return "\n".join(lines)

@@ -95,6 +95,8 @@ def test_exported_model_is_valid_and_matches_pytorch(mixed):
     assert v.max_diff_steps <= 8 and v.frac_off_by_more_than_1_step < 0.1
     assert v.diff_vs_quant_error < 0.02  # ORT's deviation is tiny next to the quantization error
     assert 2 <= v.max_diff_input_steps <= 8  # a few input LSB flips of fc reach the output
+    # float rounding alone, PyTorch against itself on inputs off by 1e-6: of the runtime's order
+    assert 0.99 < v.noise_cosine < 1.0 + 1e-9 and 0.0 <= v.noise_frac_off_by_more_than_1_step < 0.2
     # an independent run in a plain session on a fresh batch of another size (dynamic batch)
     x = torch.randn(5, 1, 28, 28)
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
