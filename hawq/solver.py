@@ -935,10 +935,13 @@ def _cap_activations(p: _Problem, budget: Budget) -> _Problem:
     keep = [[j for j, b in enumerate(row) if b <= cap] for row in need]
     if not all(keep):
         u = max(range(len(need)), key=lambda u: min(need[u]))
+        widest = max(p.units[u], key=lambda i: layers[i].act_elems)
+        a = min(c[1] for c in p.allowed[u])
         raise InfeasibleBudgetError(
             f"budget act_kb={budget.act_kb:g} is infeasible; the smallest feasible budget is "
-            f"act_kb={_ceil_sig(min(need[u]) / KB)!r} ({layers[p.units[u][0]].name}'s input at its lowest allowed "
-            f"activation width of {_fmt_cands(p.allowed[u])}); raise it, add a lower activation width or pin fewer layers")
+            f"act_kb={_ceil_sig(min(need[u]) / KB)!r} ({layers[widest].name}'s input, {layers[widest].act_elems} "
+            f"elements, at {a} bits, its lowest allowed activation width); raise it, add a lower activation width "
+            "or pin fewer layers")
     pick = lambda rows: tuple(tuple(row[j] for j in k) for row, k in zip(rows, keep))  # noqa: E731
     return replace(p, allowed=pick(p.allowed), cost=pick(p.cost), coef={r: pick(rows) for r, rows in p.coef.items()})
 
