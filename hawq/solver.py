@@ -1394,7 +1394,30 @@ def _solve(p: _Problem, budget: Budget, caps: Mapping[str, float], *, cuts: Sequ
         raise _jointly_infeasible(p, budget, caps, solver)
     if not _fits(p, res[0], caps):  # guard against solver tolerances
         raise InfeasibleBudgetError("the solver returned a plan over a limit; raise the budget slightly")
-    return res
+    return _widen_ties(p, res[0], caps, cuts), res[1], res[2]
+
+
+def _widen_ties(p: _Problem, chosen: Sequence[Cand], caps: Mapping[str, float],
+                cuts: Sequence[_Cut] = ()) -> list[Cand]:
+    """Among plans of equal Σ Ω, the wider: each unit whose candidate ties in Ω with a wider one
+    (a layer whose trace is clamped to 0 has the same Ω at every width) takes the widest tied
+    candidate that keeps every limit and cut. Σ Ω does not change.
+
+    p: the validated problem.
+    chosen: per unit, its candidate (an optimum).
+    caps: resource → limit.
+    cuts: plans to stay away from.
+    """
+    chosen = list(chosen)
+    for u, al in enumerate(p.allowed):
+        cost = p.cost[u][al.index(chosen[u])]
+        for k in sorted((k for k, c in enumerate(al) if c > chosen[u] and p.cost[u][k] == cost),
+                        key=al.__getitem__, reverse=True):
+            trial = chosen[:u] + [al[k]] + chosen[u + 1:]
+            if _fits(p, trial, caps) and _clear_of(p, trial, cuts):
+                chosen = trial
+                break
+    return chosen
 
 
 def solve(profile: Profile, budget: Budget, *, bits: Sequence[int] | None = None,

@@ -600,6 +600,18 @@ def test_peak_activation_limit_removes_wide_inputs_and_names_the_least_feasible(
         solve(base, Budget(act_kb=2.0), a_bits=(4, 8), act_omega=act, pins={})
 
 
+def test_ties_in_omega_go_to_the_wider_candidate():
+    """A layer with Ω 0 at every width (a trace clamped to 0) stays wide when the budget allows."""
+    om = [{2: 0.0, 4: 0.0, 8: 0.0}, {2: 5.0, 4: 1.0, 8: 0.0}, {2: 3.0, 4: 2.0, 8: 0.0}]
+    profile = make_profile([100, 100, 100], om, (2, 4, 8))
+    roomy = solve(profile, Budget(avg_bits=8), pins={})
+    assert [l.w_bits for l in roomy.layers] == [8, 8, 8] and roomy.omega == 0.0
+    tight = solve(profile, Budget(avg_bits=6), pins={})  # the free layer gives way first
+    assert [l.w_bits for l in tight.layers] == [2, 8, 8] and tight.omega == 0.0
+    mid = solve(profile, Budget(avg_bits=5), pins={})
+    assert [l.w_bits for l in mid.layers] == [2, 4, 8] and mid.omega == 1.0
+
+
 def test_alternatives_are_the_next_best_plans_that_change_enough_weights():
     rng = random.Random(16)
     for _ in range(6):
