@@ -167,8 +167,9 @@ def verify_onnx(path: str | Path, qmodel: nn.Module, inputs: torch.Tensor | Iter
         v.max_diff_input_steps = float((diff / np.broadcast_to(steps[0], ref.shape)).max(initial=0))
     if plans:
         v.plan_cosine, v.plan_top1_agreement = _agreement(np.concatenate(plans), ref)
-    v.noise_cosine = _agreement(ref, np.concatenate(noisy))[0]
-    v.noise_frac_off_by_more_than_1_step = float((np.abs(np.concatenate(noisy) - ref) / step > 1 + 1e-3).mean())
+    noisy_out = np.concatenate(noisy)
+    v.noise_cosine = _agreement(ref, noisy_out)[0]
+    v.noise_frac_off_by_more_than_1_step = float((np.abs(noisy_out - ref) / step > 1 + 1e-3).mean())
     rel_bad = v.diff_vs_quant_error is not None and not v.diff_vs_quant_error <= max_diff_vs_quant_error
     if not (cos >= min_cosine) or (top1_near is not None and top1_near < min_top1) or \
             not v.frac_off_by_more_than_1_step <= max_frac_off or rel_bad:

@@ -1585,11 +1585,11 @@ def uniform_plans_within(profile: Profile, budget: Budget, *, pins: Mapping[str,
                 totals = _totals(profile, plan.assignment(), latency)
             except ConfigError:
                 continue  # its latency was not measured: it cannot be shown to fit
-            peak = peak_act_bytes(profile, plan.assignment())
+            records = _constraint_records(profile, plan.assignment(), caps | budget.act_cap(), latency)
+            act = records.get("act_bytes")
             if all(_within(r, totals[r], cap) for r, cap in caps.items()) and \
-                    (budget.act_kb is None or peak is not None and peak <= budget.act_kb * KB):
-                out.append(replace(plan, constraints=_constraint_records(profile, plan.assignment(),
-                                                                         caps | budget.act_cap(), latency)))
+                    (budget.act_kb is None or act is not None and act["slack"] >= 0):
+                out.append(replace(plan, constraints=records))
     return out
 
 

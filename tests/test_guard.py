@@ -88,29 +88,20 @@ def test_guard_keeps_the_hessian_plan_when_it_measures_best():
 
 
 def test_cached_quantization_equals_rewrite_quantize():
+    """The cache keeps weight quantization only: layers cached on other data give rewrite.quantize's
+    model once the activations are calibrated on the data given."""
     model = mlp()
-    data = batches(model, n=2)
+    data = batches(model, n=3)
     prof = planted_profile(model)
     plan = solve(prof, Budget(avg_bits=4), bits=(2, 4, 8), pins={})
     cache = GuardCache()
+    quantize_plan(model, plan, data[:1], cache)  # every pair of the plan cached on one batch
     uniform_plan_q = quantize_plan(model, uniform_plan(prof, 4, pins={}), data, cache)
     q = quantize_plan(model, plan, data, cache)
     ref = quantize(model, plan, data)
     x = torch.randn(32, 16)
     assert torch.equal(q(x), ref(x)) and not torch.equal(q(x), uniform_plan_q(x))
     assert set(cache.pairs) == {(4, 8)} | set(plan.assignment().values())
-
-
-def test_cached_layers_recalibrate_on_other_data():
-    """The cache keeps weight quantization only: activations are calibrated on the data given."""
-    model = mlp()
-    data = batches(model, n=3)
-    prof = planted_profile(model)
-    plan = solve(prof, Budget(avg_bits=4), bits=(2, 4, 8), pins={})
-    cache = GuardCache()
-    quantize_plan(model, plan, data[:1], cache)
-    x = torch.randn(32, 16)
-    assert torch.equal(quantize_plan(model, plan, data, cache)(x), quantize(model, plan, data)(x))
 
 
 def test_split_calibration():
