@@ -162,6 +162,7 @@ def main() -> None:
                     "opset": rep.opset, "promoted_layers": sorted({c.layer for c in rep.changes if c.what == "weight_bits"}),
                     "cosine": round(v.cosine, 6), "top1_agreement": v.top1_agreement,
                     "frac_off_by_more_than_1_step": v.frac_off_by_more_than_1_step,
+                    "float32_frac_off_by_more_than_1_step": v.float32_frac_off_by_more_than_1_step,
                     "plan_cosine": None if v.plan_cosine is None else round(v.plan_cosine, 6),
                     "kernels": kernels, "export_s": round(export_s, 1)})
         ms = median_ms(paths, x, a.threads, a.repeats)

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -227,6 +228,8 @@ def cmd_latency(a) -> None:
 
 def cmd_run(a) -> None:
     r = hawq.load_recipe(a.recipe)
+    if a.target and a.target != r.target:
+        r = replace(r, name=f"{r.name}-{a.target}", target=a.target)
     r = r.smoke() if a.smoke else r
     _print_run(hawq.run_recipe(r, a.out or f"out/{r.name}", progress=not a.quiet, guard=not a.no_guard),
                a.out or f"out/{r.name}")
@@ -380,6 +383,8 @@ def parser() -> argparse.ArgumentParser:
                    help="a smoke run of the recipe's model through every stage: random weights, 4-8 embedded or "
                         "random images, 2 probes, the exported budget only; needs no checkpoint or data set "
                         "(default out/<recipe name>-smoke)")
+    s.add_argument("--target", choices=("ort", "tensorrt"),
+                   help="export for this runtime instead of the recipe's [export] target (default out/<recipe name>-<target>)")
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("demo", help="the whole pipeline on the embedded ResNet-20 / Fashion-MNIST")

@@ -134,7 +134,10 @@ def export_lines(report, plan_name: str) -> list[str]:
         out.append("")
         out.append(f"ONNX Runtime against the PyTorch fake-quant model on {v.samples} calibration inputs: "
                    f"top-1 agreement {v.top1_agreement}, cosine {v.cosine:.6f}, max |diff| {v.max_abs_diff:.3g} "
-                   f"({v.max_diff_steps:.2f} steps), {100 * v.frac_off_by_more_than_1_step:.3f}% of outputs off by more than one step.")
+                   f"({v.max_diff_steps:.2f} steps), {100 * v.frac_off_by_more_than_1_step:.3f}% of outputs off by more than one step"
+                   + ("." if v.float32_frac_off_by_more_than_1_step is None else
+                      f" (float32 rounding alone, PyTorch float32 against float64: "
+                      f"{100 * v.float32_frac_off_by_more_than_1_step:.3f}%)."))
     out.append("")
     if not report.changes:
         out.append(f"The legaliser for target `{report.target}` changed nothing: the plan is exported as planned.")

@@ -205,6 +205,9 @@ def verification_facts(v) -> list[tuple[str, str]]:
            ("cosine", f"{v.cosine:.6f}"),
            ("max |diff|", f"{v.max_abs_diff:.3g} ({v.max_diff_steps:.2f} output steps of {v.step:.3g})"),
            ("outputs off by more than one step", f"{100 * v.frac_off_by_more_than_1_step:.3f}%")]
+    if v.float32_frac_off_by_more_than_1_step is not None:
+        out.append(("the same, float32 rounding alone", f"{100 * v.float32_frac_off_by_more_than_1_step:.3f}% "
+                    "(PyTorch float32 against float64)"))
     if v.diff_vs_quant_error is not None:
         out.append(("mean diff / quantization error", f"{v.diff_vs_quant_error:.3g}"))
     if v.max_diff_input_steps is not None:

@@ -12,6 +12,7 @@ import torch
 from hawq import cli, ort_session
 from hawq.errors import ConfigError, HawqError
 from hawq.pipeline import load_data, load_model
+from hawq.legalize import TARGETS
 from hawq.recipe import default_recipe, load_recipe
 
 if sys.version_info >= (3, 11):
@@ -113,13 +114,18 @@ def test_image_folder_and_user_weights(tmp_path):
         assert torch.equal(model(x), mine(x))
 
 
+@pytest.mark.parametrize("target", ["recipe", "other"])
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
-def test_smoke_run(path, tmp_path, capsys):
-    """`hawq run RECIPE --smoke`: every stage on the recipe's own model, no checkpoint, no data set.
-    On an otherwise idle 2-core CPU the six take about 2 minutes together, vit_b_16 70 s of them
-    (resnet50 23 s, mobilenet_v2 12, resnet18 9, fashion_mobilenetv2 7, fashion_resnet20 3)."""
+def test_smoke_run(path, target, tmp_path, capsys):
+    """`hawq run RECIPE --smoke [--target T]`: every stage on the recipe's own model, no
+    checkpoint, no data set, exported for the recipe's target and for the other one, and verified.
+    On an otherwise idle 2-core CPU the six take about 2 minutes together per target, vit_b_16 70 s
+    of them (resnet50 23 s, mobilenet_v2 12, resnet18 9, fashion_mobilenetv2 7, fashion_resnet20 3)."""
     out = tmp_path / "out"
-    assert cli.main(["--quiet", "run", str(path), "--smoke", "--out", str(out)]) == 0
+    r = load_recipe(path)
+    if target == "other":
+        r = replace(r, target=next(t for t in TARGETS if t != r.target))
+    assert cli.main(["--quiet", "run", str(path), "--smoke", "--target", r.target, "--out", str(out)]) == 0
     assert "ONNX:" in capsys.readouterr().out
     for f in ("profile.json", "model.onnx", "verify.json", "report.md", "summary.json"):
         assert (out / f).is_file(), f
@@ -127,7 +133,6 @@ def test_smoke_run(path, tmp_path, capsys):
     assert [r["method"] for r in s["rows"]] == ["fp32", "uniform", "mixed"]
     assert s["onnx"]["top1_agreement"] >= 0.99
     v = json.loads((out / "verify.json").read_text())
-    r = load_recipe(path)
     assert v["target"] == r.target and v["verification"]["samples"] >= 4
     shape = (1, 28, 28) if r.family == "embedded" else (3, 224, 224)
     sess = ort_session(out / "model.onnx")
