@@ -1606,7 +1606,9 @@ def sweep(profile: Profile, *, axis: str = "weight", points: int = 50, budget: B
 
     The limits run from the least the resource can be under the other limits to what the
     unconstrained optimum uses (above that every limit gives the same plan). Plans come back in
-    sweep order, one per limit, duplicates included; see hawq.pareto for the frontier.
+    sweep order, one per limit, duplicates included; see hawq.pareto for the frontier. Unlike
+    solve(), ties in Σ Ω are not widened: that adds size for no change in Σ Ω, which a frontier
+    of Σ Ω against size counts as dominated.
 
     profile, bits, pins, ties, a_bits, act_omega, latency, time_limit, solver: as in solve().
     axis: "weight" (weight bits, recorded as megabytes) or "bops" (recorded as gbops).
