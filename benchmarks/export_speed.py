@@ -2,6 +2,7 @@
 
     python benchmarks/export_speed.py [--models default,resnet18,mobilenet_v2] [--res 224]
         [--targets ort,tensorrt] [--threads 1] [--repeats 50] [--out out/export_speed]
+        [--omega-trace upper|mean]
 
 Prints one JSON line per model, variant and target:
     {"model", "variant": "fp32"|"w8a8"|"mixed", "target", "median_ms", "file_bytes", "weight_bytes",
@@ -63,9 +64,10 @@ def load(name: str, res: int):
     return model, batches, prof, torch.randn(1, 3, res, res, generator=g)
 
 
-def plans(model, prof_batches) -> dict[str, dict]:
+def plans(model, prof_batches, omega_trace: str = "upper") -> dict[str, dict]:
     names = trace_layers(model, prof_batches[0][0]).names
-    prof = hawq.profile(model, F.cross_entropy, prof_batches, bits=(2, 4, 8), max_probes=8, min_probes=4, rel_tol=0.2)
+    prof = hawq.profile(model, F.cross_entropy, prof_batches, bits=(2, 4, 8), max_probes=8, min_probes=4, rel_tol=0.2,
+                        omega_trace=omega_trace)
     mixed = hawq.solve(prof, hawq.Budget(megabytes=hawq.uniform_plan(prof, 4).weight_bytes / 1e6), bits=(2, 4, 8))
     return {"w8a8": {n: (8, 8) for n in names}, "mixed": dict(mixed.assignment())}
 
@@ -123,6 +125,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--out", default="out/export_speed")
+    p.add_argument("--omega-trace", default="upper", choices=("upper", "mean"),
+                   help="the trace the mixed plans' Ω uses (hawq.profile's omega_trace)")
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +144,7 @@ def main() -> None:
         for target in a.targets.split(","):
             model_rows.append({"model": name, "variant": "fp32", "target": target, "file_bytes": file_bytes,
                                "weight_bytes": stored, "plan_weight_bytes": params4, "legal_plan_weight_bytes": params4})
-        for variant, plan in plans(model, prof_batches).items():
+        for variant, plan in plans(model, prof_batches, a.omega_trace).items():
             qmodel = hawq.quantize(model, plan, batches, quantize_outputs=True)  # legalised per target below
             for target in a.targets.split(","):
                 path = out / f"{name}_{variant}_{target}.onnx"

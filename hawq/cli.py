@@ -57,7 +57,7 @@ def cmd_profile(a) -> None:
     prof = hawq.profile(model, F.cross_entropy, batches, a.bits or r.profile_bits, rel_tol=a.rel_tol or r.rel_tol,
                         max_probes=a.max_probes or r.max_probes, seed=r.seed if a.seed is None else a.seed,
                         probes_per_batch=a.probes_per_batch or r.probes_per_batch, engine=a.engine,
-                        progress=not a.quiet, cache=a.out, a_bits=a.a_bits or ())
+                        progress=not a.quiet, cache=a.out, a_bits=a.a_bits or (), omega_trace=a.omega_trace or r.omega_trace)
     if dist.is_initialized() and dist.get_rank() != 0:
         return
     print(f"{len(prof.layers)} layers, {prof.settings.get('probes')} probes, {prof.seconds:.1f} s -> {a.out}")
@@ -303,6 +303,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--a-bits", type=_bits,
                    help="also profile each layer's input activation and give Ω at these widths, e.g. 4,8 "
                         "(lets `hawq solve --a-bits 4,8` choose activation bits)")
+    s.add_argument("--omega-trace", choices=("upper", "mean"),
+                   help="the trace Ω uses: upper, the top of its 95%% interval (the default: a trace that is zero "
+                        "within its noise does not make a layer free), or mean, the estimate itself")
     s.set_defaults(fn=cmd_profile)
 
     s = sub.add_parser("solve", help="per-layer bits under weight-size and BOPs limits at once (ILP) -> plan.json")

@@ -30,12 +30,36 @@ def test_omega_formula_and_monotone_in_bits():
     folded_first = m[0].weight * (m[1].weight / torch.sqrt(m[1].running_var + m[1].eps)).reshape(-1, 1, 1, 1)
     l0 = p.layers[0]
     assert l0.sq_error[4] == pytest.approx(quant.weight_sq_error(folded_first, 4, "minmax"), rel=1e-5)
+    assert p.settings["omega_trace"] == "upper"
     for l in p.layers:
-        assert l.probes == 30
-        for b, om in l.omega.items():
-            assert om == pytest.approx(max(l.trace, 0) / l.params * l.sq_error[b])
+        assert l.probes == 30 and l.trace_se > 0
+        for b, om in l.omega.items():  # the default: the upper end of the trace's 95% interval
+            assert om == pytest.approx(max(l.trace + 1.96 * l.trace_se, 0) / l.params * l.sq_error[b])
         if l.trace > 0:
             assert l.omega[2] > l.omega[3] > l.omega[4] > l.omega[8] > 0
+    mean = profile(m, F.cross_entropy, batches(), bits=(2, 3, 4, 8), max_probes=30, rel_tol=0.0,
+                   weight_method="minmax", omega_trace="mean")
+    assert "omega_trace" not in mean.settings  # as profiles made before the choice: their caches match
+    for l, lm in zip(p.layers, mean.layers):  # the same probes (to float rounding), another Ω
+        assert lm.trace == pytest.approx(l.trace, rel=1e-6) and lm.trace_se == pytest.approx(l.trace_se, rel=1e-6)
+        for b, om in lm.omega.items():
+            assert om == pytest.approx(max(lm.trace, 0) / lm.params * lm.sq_error[b])
+    with pytest.raises(ValueError, match="omega_trace"):
+        profile(m, F.cross_entropy, batches(), bits=(2, 4), max_probes=2, omega_trace="median")
+
+
+def test_a_trace_zero_within_its_noise_is_not_free():
+    # a mean at or below 0 whose interval reaches above it: "mean" clamps Ω to 0 at every width
+    # (the ILP would spend the layer first), "upper" charges what the noise allows
+    from hawq.sensitivity import _checked_trace, omega_table
+
+    class Est:  # features.6.conv.3 of the embedded MobileNetV2: -0.24 ± 0.41
+        mean, se = -0.24, 0.41
+
+    err = {2: 3.0, 4: 0.5, 8: 0.01}
+    assert omega_table(_checked_trace("dw", "", Est()), err, 100) == {2: 0.0, 4: 0.0, 8: 0.0}
+    upper = omega_table(_checked_trace("dw", "", Est(), 1.96), err, 100)
+    assert upper[2] == pytest.approx((-0.24 + 1.96 * 0.41) / 100 * 3.0) and upper[2] > upper[4] > upper[8] > 0
 
 
 def test_activation_omega_formula_and_round_trip(tmp_path):
@@ -53,7 +77,7 @@ def test_activation_omega_formula_and_round_trip(tmp_path):
     for l in p.layers:
         assert l.act_trace_se > 0
         for a, om in l.act_omega.items():
-            assert om == pytest.approx(max(l.act_trace, 0) / l.act_elems * l.act_sq_error[a])
+            assert om == pytest.approx(max(l.act_trace + 1.96 * l.act_trace_se, 0) / l.act_elems * l.act_sq_error[a])
         assert l.act_sq_error[4] > l.act_sq_error[8] > 0
     assert Profile.load(tmp_path / "p.json") == p
     assert not (tmp_path / "p.json.act.partial").exists()
