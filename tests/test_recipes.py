@@ -64,6 +64,7 @@ BAD = [
     ('[model]\nname = "resnet18"\nwieghts = "x.pt"\n', "unknown key"),
     ('[export]\ntarget = "tflite"\n', "export.target"),
     ('[profile]\nengine = "fast"\n', "profile.engine"),
+    ('[profile]\nomega_trace = "median"\n', "profile.omega_trace"),
     ('[model]\nname = "resnet20"\nweights = "torchvision"\n', "other family"),
     ('[model]\nname = "resnet18"\ncheckpoint = "embedded"\n', "other family"),
     ('[model]\nname = "resnet18"\n[data]\nfolder = "download"\n', "other family"),
@@ -88,6 +89,12 @@ def test_bad_recipes_are_refused(tmp_path, text, needle):
     with pytest.raises(ConfigError, match=needle) as e:
         load_recipe(tmp_path / "r.toml")
     assert "\n" not in str(e.value)
+
+
+def test_omega_trace_key(tmp_path):
+    assert default_recipe().omega_trace == "upper"
+    (tmp_path / "r.toml").write_text('[profile]\nomega_trace = "mean"\n')
+    assert load_recipe(tmp_path / "r.toml").omega_trace == "mean"
 
 
 def test_image_folder_and_user_weights(tmp_path):
