@@ -29,14 +29,14 @@ from .guard import GuardCache, quantize_plan
 from .data import evaluate
 from .hessian import top_eigenvalues
 from .rewrite import fold_bn
-from .sensitivity import Z95, Profile
+from .sensitivity import Profile, omega_z
 from .solver import Budget, Plan, default_pins, fixed_plan
 
 
 def hessian_sensitivity(profile: Profile) -> dict[str, float]:
     """hawq's own s_l = Tr(H_l)/n_l, with the trace Ω took (the upper end of its 95% interval or
     the mean, as the profile's settings say; clamped at 0)."""
-    z = Z95 if profile.settings.get("omega_trace") == "upper" else 0.0
+    z = omega_z(profile.settings.get("omega_trace"))
     return {l.name: max(l.trace + z * l.trace_se, 0.0) / l.params for l in profile.layers}
 
 

@@ -135,6 +135,12 @@ OMEGA_TRACES = ("upper", "mean")
 Z95 = 1.96  # the upper end of a two-sided 95% interval
 
 
+def omega_z(omega_trace: str | None) -> float:
+    """Standard errors above the mean of the trace Ω takes: Z95 for "upper", 0 for "mean" (and for
+    None: profiles whose settings predate the choice used the mean)."""
+    return Z95 if omega_trace == "upper" else 0.0
+
+
 def omega_table(trace: float, sq_error: dict[int, float], params: int) -> dict[int, float]:
     return {b: max(trace, 0.0) / params * e for b, e in sq_error.items()}
 
@@ -244,7 +250,7 @@ def profile(
         unconverged += [f"{n} (input)" for n in act.unconverged]
         extra = {"act_engine": act.engine, "act_probes": act.probes}
     layers = []
-    z = Z95 if omega_trace == "upper" else 0.0
+    z = omega_z(omega_trace)
     for l in graph.layers:
         tr = _checked_trace(l.name, "", est.layers[l.name], z)
         e = est.layers[l.name]
