@@ -10,6 +10,13 @@ ort (ONNX Runtime CPU/CUDA; facts checked on onnxruntime 1.31-1.32):
     (opset 25, raised only when a layer needs it), 3-4 in INT4, 5-8 in INT8, 9-16 in INT16;
   - input activations as calibrated (unsigned with a zero point by default: the only form the
     x86 integer kernels QLinearConv/QGemm fuse); 8-bit weights and activations run in them;
+  - exact on every CPU (`int8`, see ORT_INT8 and hawq.cpu): x86 without VNNI adds pairs of u8×s8
+    products in int16 with saturation, so a layer whose largest activation code a and weight
+    code w can make 2·a·w > 32767 (8-bit weights with 8-bit inputs) is stored, by default
+    ("u8u8"), as UINT8 weights with zero point 128: the same integers (codes + 128), which the
+    u8×u8 kernels widen to int16 before multiplying. "reduce-range" instead narrows such a
+    layer's weights to 7 bits (a change, as ONNX Runtime's quantizer does with reduce_range);
+    "s8-vnni" keeps INT8 (the symmetric kernels), exact only on CPUs with VNNI/AMX or ARM64;
   - Linear layers whose input stays float (a_bits=32) store W^T [K, N] per channel on axis 1 and
     become MatMul, which ONNX Runtime fuses into MatMulNBits (2, 4 and 8 bits);
   - INT4/INT2 conv weights only save storage: they run as DequantizeLinear + float Conv. INT2
@@ -36,13 +43,17 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from . import quant
+from .cpu import pair_is_exact
 from .errors import ConfigError
 from .rewrite import WEIGHT_ONLY, QuantLayer, _set_module, quant_layers
 
 TARGETS = ("ort", "tensorrt")
 BASE_OPSET = 21  # INT4/INT16 QuantizeLinear/DequantizeLinear and blocked scales
 INT2_OPSET = 25
-CONTAINER_BITS = {"INT2": 2, "INT4": 4, "INT8": 8, "INT16": 16}
+CONTAINER_BITS = {"INT2": 2, "INT4": 4, "INT8": 8, "UINT8": 8, "INT16": 16}
+# how ort stores 8-bit weights that u8×s8 kernels without VNNI would saturate on (module docstring)
+ORT_INT8 = ("u8u8", "reduce-range", "s8-vnni")
+U8_WEIGHT_ZERO_POINT = 128
 TRT_INT4_BLOCKS = (128, 64)  # block sizes TensorRT takes for INT4 weights
 
 
@@ -62,10 +73,12 @@ class Change:
 @dataclass(frozen=True)
 class WeightSpec:
     bits: int  # true range: codes in ±(2^(bits-1) - 1)
-    container: str  # INT2 | INT4 | INT8 | INT16
+    container: str  # INT2 | INT4 | INT8 | UINT8 | INT16
     layout: str  # "OI": [out, in, ...] as PyTorch; "IO": W^T [K, N] (MatMul B); "auto": Linear's op decides
     block_size: int | None = None  # blocked scales along the input (K) dimension; None: per channel
     unit_dim: bool = False  # stored with a leading unit dimension and reshaped after its DequantizeLinear
+    zero_point: int = 0  # stored codes are the true codes + zero_point (128 for UINT8)
+    needs_vnni: bool = False  # exact only where u8×s8 products are summed in int32 (VNNI, AMX, ARM64)
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,7 @@ class Legalized:
     model: nn.Module  # the fake-quant model the ONNX file must match
     layers: dict[str, LayerSpec]
     changes: list[Change] = field(default_factory=list)
+    int8: str = "u8u8"  # ort: ORT_INT8 scheme
 
 
 def container_for(bits: int, opset: int) -> str:
@@ -116,16 +130,19 @@ def container_for(bits: int, opset: int) -> str:
     raise ConfigError(f"weight bits must be in 2..16, not {bits}")
 
 
-def legalize(qmodel: nn.Module, target: str = "ort", opset: int = BASE_OPSET) -> Legalized:
+def legalize(qmodel: nn.Module, target: str = "ort", opset: int = BASE_OPSET, int8: str = "u8u8") -> Legalized:
     """Legalise the fake-quant `qmodel` (from hawq.quantize) for `target` ("ort" | "tensorrt").
     `opset` is the lowest opset to use (>= 21); ort raises it to 25 when a layer has INT2 weights.
-    `qmodel` is not modified."""
+    `int8` (ort only): how 8-bit layers are kept exact on every CPU, one of ORT_INT8 (see the
+    module's docstring). `qmodel` is not modified."""
     if target not in TARGETS:
         raise ConfigError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
+    if int8 not in ORT_INT8:
+        raise ConfigError(f"int8 must be one of {', '.join(ORT_INT8)}, not {int8!r}")
     if opset < BASE_OPSET:
         raise ConfigError(f"opset must be >= {BASE_OPSET} (INT4/INT16 Q/DQ and blocked scales), not {opset}")
     model = copy.deepcopy(qmodel).eval()
-    out = Legalized(target, opset, model, {})
+    out = Legalized(target, opset, model, {}, int8=int8)
     rule = _ort_layer if target == "ort" else _tensorrt_layer
     for name, layer in quant_layers(model).items():
         new, spec, changes = rule(name, layer, out)
@@ -150,6 +167,18 @@ def _ort_layer(name: str, layer: QuantLayer, out: Legalized) -> tuple[QuantLayer
         out.opset = INT2_OPSET
     container = container_for(layer.w_bits, out.opset)
     act = None if layer.weight_only else _act(layer)
+    zero_point, needs_vnni = 0, False
+    if container == "INT8" and act is not None and act.container in ("UINT8", "INT8") and not pair_is_exact(_raw_act_max(act), quant.weight_qmax(layer.w_bits)):
+        if out.int8 == "u8u8":
+            container, zero_point = "UINT8", U8_WEIGHT_ZERO_POINT
+        elif out.int8 == "reduce-range":
+            bits = max(b for b in range(2, layer.w_bits) if pair_is_exact(_raw_act_max(act), quant.weight_qmax(b)))
+            changes.append(Change(name, "weight_bits", f"W{layer.w_bits}", f"W{bits}",
+                                  f"reduce-range: 2·{_raw_act_max(act)}·{quant.weight_qmax(layer.w_bits)} exceeds int16, "
+                                  "where x86 CPUs without VNNI add pairs of u8×s8 products"))
+            layer = _rebuild(layer, bits, layer.a_bits)
+        else:
+            needs_vnni = True
     if kind == "Linear" and act is None:
         n = layer.fp.weight.shape[0]
         if container == "INT2" and n % 4:
@@ -161,11 +190,14 @@ def _ort_layer(name: str, layer: QuantLayer, out: Legalized) -> tuple[QuantLayer
             note = "float input: MatMul with W^T [K,N] per channel on axis 1 (MatMulNBits)"
     else:
         weight = WeightSpec(layer.w_bits, container, "OI" if kind == "Conv2d" else "auto",
-                            unit_dim=container == "INT2" and act is not None)
+                            unit_dim=container == "INT2" and act is not None, zero_point=zero_point, needs_vnni=needs_vnni)
         op = "Conv" if kind == "Conv2d" else "Gemm/MatMul"
         note = {"INT2": f"INT2 weights: a storage saving; runs as DequantizeLinear + float {op}",
                 "INT4": f"INT4 weights: a storage saving; runs as DequantizeLinear + float {op}",
-                "INT16": f"INT16 weights run as DequantizeLinear + float {op}"}.get(container, "")
+                "INT16": f"INT16 weights run as DequantizeLinear + float {op}",
+                "UINT8": f"UINT8 weights with zero point {zero_point}: u8×u8 kernels, exact on every CPU"}.get(container, "")
+        if needs_vnni:
+            note = "s8-vnni: INT8 weights at full range, exact only on CPUs with VNNI, AMX or ARM64"
     bias = None if layer.fp.bias is None else ("float" if act is None else "int32")
     return layer, LayerSpec(name, kind, weight, act, bias, note, _out(layer)), changes
 
@@ -233,6 +265,12 @@ def _trt_int4_problem(layer: QuantLayer) -> str | None:
 
 def _act(layer: QuantLayer) -> ActSpec:
     return ActSpec(layer.a_bits, float(layer.a_scale), int(layer.a_zero_point), int(layer.a_qmin), int(layer.a_qmax))
+
+
+def _raw_act_max(act: ActSpec) -> int:
+    """The largest input code a u8×s8 kernel multiplies: qmax for unsigned inputs; 255 for
+    signed ones, which ONNX Runtime shifts by 128 to uint8 by default (QDQS8ToU8Transformer)."""
+    return act.qmax if act.qmin >= 0 else 128 + act.qmax
 
 
 def _out(layer: QuantLayer) -> ActSpec | None:

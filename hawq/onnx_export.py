@@ -32,14 +32,14 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from . import quant
+from . import cpu, quant
 from .artifacts import write_json
 from .errors import ConfigError, UnsupportedModelError, VerificationError
 from .legalize import BASE_OPSET, CONTAINER_BITS, INT2_OPSET, Change, LayerSpec, Legalized, container_for, legalize
 from .onnx_verify import Verification, verify_onnx
 from .rewrite import QuantLayer, _set_module, quant_layers
 
-FORMAT = "hawq.export/2"
+FORMAT = "hawq.export/3"
 MIN_OPSET = BASE_OPSET
 NP_TYPES = {"INT2": ml_dtypes.int2, "INT4": ml_dtypes.int4, "INT8": np.int8, "INT16": np.int16,
             "UINT8": np.uint8, "UINT16": np.uint16}
@@ -59,7 +59,7 @@ class LayerExport:
     plan_w_bits: int  # as planned
     w_bits: int  # as exported (after legalisation)
     a_bits: int | None  # None: the input stays float
-    weight_type: str  # INT2 | INT4 | INT8 | INT16
+    weight_type: str  # INT2 | INT4 | INT8 | UINT8 (codes + 128) | INT16
     activation_type: str  # UINT8 | INT8 | UINT16 | INT16 | float
     layout: str  # e.g. "[out,in,kh,kw] per channel axis 0", "[K,N] per channel axis 1", "[K,N] blocks of 128 axis 0"
     params: int
@@ -84,6 +84,8 @@ class ExportReport:
     changes: list[Change] = field(default_factory=list)
     layers: list[LayerExport] = field(default_factory=list)
     verification: Verification | None = None
+    int8: str = "u8u8"  # ort: how 8-bit layers are kept exact (hawq.legalize.ORT_INT8)
+    exact_on: str = ""  # the CPUs on which ONNX Runtime computes this file's integers exactly
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, **asdict(self)}
@@ -99,6 +101,8 @@ class ExportReport:
         if by_layer:
             lines.append(f"  legalised for {self.target}: {len(by_layer)} change(s)")
         lines += [f"    {'model' if n == '*' else n}: " + "; ".join(cs) for n, cs in by_layer.items()]
+        if self.exact_on:
+            lines.append(f"  integers exact on: {self.exact_on}")
         v = self.verification
         if v is not None:
             lines.append(f"  onnxruntime {v.onnxruntime} vs PyTorch on {v.samples} inputs: top-1 agreement "
@@ -121,12 +125,15 @@ class ExportReport:
 def export_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path, *, target: str = "ort",
                 verify: bool = True, opset: int = MIN_OPSET, verify_inputs: torch.Tensor | Iterable | None = None,
                 min_top1: float = 0.99, min_cosine: float = 0.999, max_frac_off: float = 0.25,
-                max_diff_vs_quant_error: float = 1.0) -> ExportReport:
+                max_diff_vs_quant_error: float = 1.0, int8: str = "u8u8") -> ExportReport:
     """Write `qmodel` (from hawq.quantize) as a QDQ ONNX model for `target` ("ort" | "tensorrt",
     see hawq.legalize) at `path`, and `verify.json` (this report) next to it.
 
     `opset` is the lowest opset used (>= 21); the ort target raises it to 25 when a layer has
-    INT2 weights. With `verify`, the file is run in ONNX Runtime on `verify_inputs` (a tensor or
+    INT2 weights. `int8` (ort): "u8u8" (default) stores the 8-bit weights of 8-bit-input layers
+    as UINT8 + 128, exact on every CPU; "reduce-range" narrows them to 7 bits instead; "s8-vnni"
+    keeps INT8, exact only on CPUs with VNNI, AMX or ARM64 (verifying it elsewhere is refused in
+    one line before any work; see hawq.legalize and hawq.cpu). With `verify`, the file is run in ONNX Runtime on `verify_inputs` (a tensor or
     an iterable of x or (x, y) batches; default `example_input`) and compared with the legalised
     fake-quant model; a VerificationError (leaving no model at `path`) is raised when top-1
     agreement (on samples whose reference top-1 leads by >= 2 output steps) < `min_top1`, cosine <
@@ -138,7 +145,13 @@ def export_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path
     layers = _check_quantized(qmodel)
     if not isinstance(example_input, torch.Tensor):
         raise UnsupportedModelError("export_onnx takes models with one tensor input; give example_input as a tensor")
-    legal = legalize(qmodel, target, opset)
+    legal = legalize(qmodel, target, opset, int8)
+    vnni = [n for n, spec in legal.layers.items() if spec.weight.needs_vnni]
+    if verify and vnni and not cpu.ort_u8s8_exact():
+        raise VerificationError(f"int8='s8-vnni': {len(vnni)} layer(s) ({', '.join(vnni[:3])}{', ...' if len(vnni) > 3 else ''}) "
+                                "are exact only on CPUs with VNNI, AMX or ARM64, and this CPU's u8×s8 kernels saturate "
+                                "pairs in int16, so ONNX Runtime here cannot check the file; export with int8='u8u8' (the "
+                                "default, exact everywhere), or with verify=False (--no-verify) and verify on the target CPU")
     proto = _export_float(legal.model, example_input, legal.opset)
     infos = _insert_qdq(proto, legal, layers)
     check_scale_shapes(proto)
@@ -156,7 +169,8 @@ def export_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path
             weight_bytes=sum(l.weight_bytes for l in infos), scale_bytes=sum(l.scale_bytes for l in infos),
             packed_weight_bytes=sum(packed_bytes(l.params, l.weight_type) for l in infos),
             plan_packed_weight_bytes=sum(packed_bytes(l.params, container_for(l.plan_w_bits, INT2_OPSET)) for l in infos),
-            plan_weight_bytes=sum(l.params * l.plan_w_bits / 8 for l in infos), changes=legal.changes, layers=infos)
+            plan_weight_bytes=sum(l.params * l.plan_w_bits / 8 for l in infos), changes=legal.changes, layers=infos,
+            int8=int8, exact_on=_exact_on(target, vnni))
         if report.weight_bytes != report.packed_weight_bytes:
             raise VerificationError(f"the file stores {report.weight_bytes} bytes of weights, not the packed "
                                     f"{report.packed_weight_bytes}; a container was not packed")
@@ -173,6 +187,15 @@ def export_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path
             os.unlink(tmp)
     write_json(path.parent / "verify.json", report.to_dict())
     return report
+
+
+def _exact_on(target: str, vnni: list[str]) -> str:
+    if target != "ort":
+        return "the GPU runtime (TensorRT accumulates INT8 in int32); ONNX Runtime CPU checked it on float kernels"
+    if vnni:
+        return (f"CPUs with VNNI, AMX or ARM64 only: {len(vnni)} u8×s8 layer(s) saturate int16 pairs on x86 "
+                "without VNNI (int8='s8-vnni')")
+    return "every CPU ONNX Runtime runs on (x86 with or without VNNI, AMX, ARM64): no u8×s8 pair can exceed int16"
 
 
 def packed_bytes(params: int, container: str) -> int:
@@ -336,9 +359,10 @@ def _weight(g: onnx.GraphProto, name: str, layer: QuantLayer, spec: LayerSpec, l
     shape = codes.shape
     if spec.weight.unit_dim:  # [1, ...] then Reshape: see hawq.legalize (ORT fuses DQ(INT2) into QLinearConv)
         codes, axis, desc = codes[None], axis + 1, f"{desc}, stored [1,...] + Reshape"
-    wq = numpy_helper.from_array(np.ascontiguousarray(codes).astype(np_type), wname)
+    zp = spec.weight.zero_point  # UINT8: codes + 128, the same integers to DequantizeLinear
+    wq = numpy_helper.from_array((np.ascontiguousarray(codes).astype(np.int32) + zp).astype(np_type), wname)
     st = numpy_helper.from_array(np.ascontiguousarray(scale, np.float32), f"{wname}_scale")
-    zt = numpy_helper.from_array(np.zeros(scale.shape, np_type), f"{wname}_zero_point")
+    zt = numpy_helper.from_array(np.full(scale.shape, zp, np_type), f"{wname}_zero_point")
     g.initializer.extend([wq, st, zt])
     attrs = {"axis": axis, **({"block_size": block} if block else {})}
     out = f"{wname}_dq_unit" if spec.weight.unit_dim else f"{wname}_dq"

@@ -24,6 +24,7 @@ import torch
 from onnx import TensorProto
 from torch import nn
 
+from .cpu import describe as describe_cpu
 from .errors import ConfigError, UnsupportedModelError, VerificationError
 from .rewrite import _set_module, quant_layers
 
@@ -71,6 +72,9 @@ class Verification:
     # ONNX Runtime against the float64 run, in the same units (as faithful as PyTorch float32 when
     # it is no higher than float32_frac_off_by_more_than_1_step)
     exact_frac_off_by_more_than_1_step: float | None = None
+    # the CPU the check ran on (hawq.cpu.describe): its flags and whether ONNX Runtime's u8×s8
+    # kernel measurably sums exactly here
+    cpu: dict = field(default_factory=dict)
 
 
 def disabled_optimizers(model: str | Path | onnx.ModelProto) -> list[str]:
@@ -84,11 +88,13 @@ def disabled_optimizers(model: str | Path | onnx.ModelProto) -> list[str]:
 
 
 def ort_session(path: str | Path, *, providers: list | None = None, threads: int = 0,
-                matmulnbits_accuracy_level: int | None = None, optimized_model_path: str | Path | None = None,
+                matmulnbits_accuracy_level: int | None = 1, optimized_model_path: str | Path | None = None,
                 graph_optimization_level=None):
     """An onnxruntime.InferenceSession for a hawq export, with the workaround above applied.
-    `matmulnbits_accuracy_level=1` makes MatMulNBits compute in fp32 (its default, 4, quantizes
-    its input to int8 on the fly)."""
+    `matmulnbits_accuracy_level=1` (the default here) makes the MatMulNBits that float-input
+    Linear layers fuse into compute in fp32, the arithmetic hawq verifies and its fake-quant model
+    emulates. ONNX Runtime's own default, 4 (None here), quantizes their input to int8 on the fly:
+    another arithmetic, whose integer kernels differ per instruction set."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -164,7 +170,7 @@ def verify_onnx(path: str | Path, qmodel: nn.Module, inputs: torch.Tensor | Iter
                      frac_off_by_more_than_1_step=_frac_off(out, ref, step),
                      cosine=cos, top1_agreement=top1, step=step, top1_agreement_decisive=top1_near,
                      decisive_samples=decisive, onnxruntime=ort.__version__,
-                     disabled_optimizers=disabled_optimizers(path), kernels=kernels)
+                     disabled_optimizers=disabled_optimizers(path), kernels=kernels, cpu=describe_cpu())
     quant_error = float(np.abs(ref - np.concatenate(floats)).mean())
     v.diff_vs_quant_error = float(diff.mean() / quant_error) if quant_error > 0 else None
     if steps[0] is not None:

@@ -111,7 +111,7 @@ def test_exported_model_is_valid_and_matches_pytorch(mixed):
 def test_report_and_verify_json(mixed):
     _, path, report = mixed
     saved = json.loads((path.parent / "verify.json").read_text())
-    assert saved["format"] == "hawq.export/2" and saved["target"] == "ort"
+    assert saved["format"] == "hawq.export/3" and saved["target"] == "ort"
     assert saved == json.loads(json.dumps(report.to_dict()))
     assert saved["verification"]["top1_agreement"] == 1.0
     assert report.file_bytes == path.stat().st_size
@@ -134,7 +134,8 @@ def test_weights_are_packed_in_their_containers(mixed, int8):
     qmodel, path, report = mixed
     inits = initializers(path)
     layers = rewrite.quant_layers(qmodel)
-    want = {n: TensorProto.INT8 if n in EIGHT_BIT else TensorProto.INT2 if n in TWO_BIT else TensorProto.INT4 for n in layers}
+    # 8-bit weights behind 8-bit inputs: UINT8 + 128 (u8×u8 kernels: exact on every CPU)
+    want = {n: TensorProto.UINT8 if n in EIGHT_BIT else TensorProto.INT2 if n in TWO_BIT else TensorProto.INT4 for n in layers}
     for name in layers:
         assert inits[f"{name}.weight"].data_type == want[name], name
         assert inits[f"{name}.weight_zero_point"].data_type == want[name], name
@@ -157,8 +158,9 @@ def test_stored_codes_equal_the_fake_quant_model(mixed):
     inits = initializers(path)
     for name, layer in rewrite.quant_layers(qmodel).items():
         codes = numpy_helper.to_array(inits[f"{name}.weight"]).astype(np.int32)
-        np.testing.assert_array_equal(codes.reshape(layer.w_int.shape), layer.w_int.numpy().astype(np.int32))
-        np.testing.assert_array_equal(numpy_helper.to_array(inits[f"{name}.weight_zero_point"]).astype(np.int32), 0)
+        zp = 128 if name in EIGHT_BIT else 0  # UINT8 stores codes + 128
+        np.testing.assert_array_equal(codes.reshape(layer.w_int.shape) - zp, layer.w_int.numpy().astype(np.int32))
+        np.testing.assert_array_equal(numpy_helper.to_array(inits[f"{name}.weight_zero_point"]).astype(np.int32), zp)
         np.testing.assert_array_equal(numpy_helper.to_array(inits[f"{name}.weight_scale"]), layer.w_scale.numpy())
         np.testing.assert_array_equal(numpy_helper.to_array(inits[f"{name}.bias"]), layer.bias_int.numpy())
     # layers reading the same tensor with the same quantizer share one Q/DQ (conv1 and the shortcut)
@@ -588,3 +590,93 @@ def test_cli_export_target(tmp_path, capsys):
     assert "target tensorrt" in out and "2: weight_bits W2 -> W8 (TensorRT has no INT2)" in out and '"top1_agreement"' in out
     saved = json.loads((tmp_path / "verify.json").read_text())
     assert [l["weight_type"] for l in saved["layers"]] == ["INT4", "INT8"] and saved["opset"] == 21
+
+
+# ------------------------------------------------- exact integers on every CPU (u8×s8 saturation)
+
+def _worst_case_model() -> nn.Module:
+    """Every weight code +127 and every input code 255, over 576 products per output: a u8×s8
+    kernel that adds pairs of products into int16 (x86 without VNNI) saturates each pair
+    (2·255·127 = 64770 > 32767) and returns about half the exact sum."""
+    net = nn.Sequential(nn.Conv2d(64, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 16), nn.ReLU(),
+                        nn.Linear(16, 4)).eval()
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.fill_(0.01)
+                m.bias.zero_()
+    return net
+
+
+@pytest.mark.parametrize("int8", ["u8u8", "reduce-range"])
+def test_worst_case_integers_are_exact_on_this_cpu(tmp_path, int8):
+    """Through hawq's own export, the largest codes on both sides: ONNX Runtime's output equals
+    exact integer arithmetic (the legalised fake-quant model in float64) on whatever CPU runs
+    this, to within one final output step."""
+    net = _worst_case_model()
+    x = torch.ones(2, 64, 6, 6)
+    qmodel = rewrite.quantize(net, {"0": (8, 8), "3": (8, 8), "5": (8, 8)}, [x], weight_method="minmax")
+    first = rewrite.quant_layers(qmodel)["0"]
+    assert int(first.w_int.max()) == 127 and first.a_qmax == 255 and 2 * 255 * 127 > 32767
+    path = tmp_path / "m.onnx"
+    report = export_onnx(qmodel, x[:1], path, int8=int8, verify=False)
+    assert report.exact_on.startswith("every CPU")
+    by = {l.name: l for l in report.layers}
+    if int8 == "u8u8":
+        assert {l.weight_type for l in report.layers} == {"UINT8"}
+        codes = numpy_helper.to_array(initializers(path)["0.weight"])
+        assert codes.dtype == np.uint8 and int(codes.max()) == 255  # 127 + 128
+    else:
+        assert {by[n].w_bits for n in by} == {7} and {c.after for c in report.changes} == {"W7"}
+    legal = legalize(qmodel, "ort", int8=int8).model.double()
+    with torch.no_grad():
+        exact = legal(x.double()).numpy()
+    sess = ort_session(path)
+    out = sess.run(None, {sess.get_inputs()[0].name: x.float().numpy()})[0]
+    last = rewrite.quant_layers(legal)["5"]
+    step = float(last.a_scale * last.w_scale.max())  # one input step of the last layer, at most
+    assert np.abs(out - exact).max() <= step + 1e-6, (out, exact)
+    assert "QLinearConv" in ort_kernel_ops(path)  # the integer kernel really ran
+
+
+def ort_kernel_ops(path) -> set[str]:
+    """The ops of ONNX Runtime's optimized graph of the file."""
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(path) + ".opt.onnx"
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return {n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node}
+
+
+def test_s8_vnni_is_an_explicit_opt_in(tmp_path, monkeypatch):
+    """int8='s8-vnni' keeps INT8 weights at full range and says where that is exact; on a CPU whose
+    u8×s8 kernel saturates (the probe says so), verifying it is refused in one line before any work."""
+    from hawq import cpu
+
+    net = _worst_case_model()
+    x = torch.ones(2, 64, 6, 6)
+    qmodel = rewrite.quantize(net, {"0": (8, 8), "3": (8, 8), "5": (8, 8)}, [x], weight_method="minmax")
+    report = export_onnx(qmodel, x[:1], tmp_path / "m.onnx", int8="s8-vnni", verify=False)
+    assert {l.weight_type for l in report.layers} == {"INT8"} and "VNNI" in report.exact_on
+    monkeypatch.setattr(cpu, "ort_u8s8_exact", lambda: False)
+    with pytest.raises(VerificationError, match="s8-vnni.*VNNI.*u8u8") as e:
+        export_onnx(qmodel, x[:1], tmp_path / "n.onnx", int8="s8-vnni")
+    assert "\n" not in str(e.value) and not (tmp_path / "n.onnx").exists()
+    with pytest.raises(ConfigError, match="u8u8, reduce-range, s8-vnni"):
+        export_onnx(qmodel, x[:1], tmp_path / "n.onnx", int8="u8s8")
+
+
+def test_cpu_flags_and_probe():
+    """The flags that decide the integer kernels, read from cpuinfo text; the measured probe agrees
+    with them wherever the flags are what the kernels see (not under an emulator)."""
+    from hawq import cpu
+
+    epyc = "model name\t: AMD EPYC 7B12\nflags\t\t: fpu sse2 avx2 fma\n"
+    spr = "model name\t: Xeon\nflags\t\t: avx2 avx512bw avx512_vnni amx_int8\n"
+    arm = "processor\t: 0\nFeatures\t: fp asimd asimddp\n"
+    assert cpu.u8s8_pairs_saturate("x86_64", cpu.cpu_flags(epyc)) is True
+    assert cpu.u8s8_pairs_saturate("x86_64", cpu.cpu_flags(spr)) is False
+    assert cpu.u8s8_pairs_saturate("aarch64", cpu.cpu_flags(arm)) is False
+    assert cpu.u8s8_pairs_saturate("x86_64", set()) is None
+    d = cpu.describe(epyc, "x86_64")
+    assert d["model"] == "AMD EPYC 7B12" and d["flags"] == ["avx2"] and isinstance(d["ort_u8s8_exact"], bool)
+    assert cpu.pair_is_exact(255, 63) and cpu.pair_is_exact(127, 127) and not cpu.pair_is_exact(255, 127)
