@@ -5,18 +5,20 @@ exported ONNX computes (so verification compares like with like), one `LayerSpec
 layer saying how its weight, input and bias are stored, and every change made to the plan.
 
 ort (ONNX Runtime CPU/CUDA; facts checked on onnxruntime 1.31-1.32):
-  - weights symmetric per output channel with an explicit all-zero zero point (QGemm fuses only
-    with one), stored in the smallest container holding their true range: 2 bits in INT2
+  - weights symmetric per output channel with an explicit zero point, all 0 (QGemm fuses only
+    with one) or all 128 in UINT8 (below), stored in the smallest container holding their true range: 2 bits in INT2
     (opset 25, raised only when a layer needs it), 3-4 in INT4, 5-8 in INT8, 9-16 in INT16;
   - input activations as calibrated (unsigned with a zero point by default: the only form the
     x86 integer kernels QLinearConv/QGemm fuse); 8-bit weights and activations run in them;
   - exact on every CPU (`int8`, see ORT_INT8 and hawq.cpu): x86 without VNNI adds pairs of u8×s8
     products in int16 with saturation, so a layer whose largest activation code a and weight
     code w can make 2·a·w > 32767 (8-bit weights with 8-bit inputs) is stored, by default
-    ("u8u8"), as UINT8 weights with zero point 128: the same integers (codes + 128), which the
-    u8×u8 kernels widen to int16 before multiplying. "reduce-range" instead narrows such a
-    layer's weights to 7 bits (a change, as ONNX Runtime's quantizer does with reduce_range);
-    "s8-vnni" keeps INT8 (the symmetric kernels), exact only on CPUs with VNNI/AMX or ARM64;
+    ("u8u8"), as UINT8 weights with zero point 128: the same integers + 128, which the u8×u8
+    kernels widen to int16 before multiplying, so the file computes exactly what the fake-quant
+    model does, everywhere. "reduce-range" (as ONNX Runtime's own quantizer offers) gives such
+    layers 7-bit codes (±63) in INT8 instead: a `weight_range` change that the legalised model
+    carries but hawq.quantize and the profile do not, 2x faster on a VNNI/AMX CPU;
+    "s8-vnni" keeps INT8 at full range, exact only on CPUs with VNNI/AMX or ARM64;
   - Linear layers whose input stays float (a_bits=32) store W^T [K, N] per channel on axis 1 and
     become MatMul, which ONNX Runtime fuses into MatMulNBits (2, 4 and 8 bits);
   - INT4/INT2 conv weights only save storage: they run as DequantizeLinear + float Conv. INT2
@@ -52,7 +54,7 @@ BASE_OPSET = 21  # INT4/INT16 QuantizeLinear/DequantizeLinear and blocked scales
 INT2_OPSET = 25
 CONTAINER_BITS = {"INT2": 2, "INT4": 4, "INT8": 8, "UINT8": 8, "INT16": 16}
 # how ort stores 8-bit weights that u8×s8 kernels without VNNI would saturate on (module docstring)
-ORT_INT8 = ("u8u8", "reduce-range", "s8-vnni")
+ORT_INT8 = ("u8u8", "reduce-range", "s8-vnni")  # the first is the default (benchmarks/ort_int8.py)
 U8_WEIGHT_ZERO_POINT = 128
 TRT_INT4_BLOCKS = (128, 64)  # block sizes TensorRT takes for INT4 weights
 
@@ -64,7 +66,7 @@ class LegalizationWarning(UserWarning):
 @dataclass(frozen=True)
 class Change:
     layer: str  # "*" for the whole model
-    what: str  # weight_bits | activation | output | weight_only | opset
+    what: str  # weight_bits | weight_range | activation | output | weight_only | opset
     before: str
     after: str
     reason: str
@@ -114,7 +116,7 @@ class Legalized:
     model: nn.Module  # the fake-quant model the ONNX file must match
     layers: dict[str, LayerSpec]
     changes: list[Change] = field(default_factory=list)
-    int8: str = "u8u8"  # ort: ORT_INT8 scheme
+    int8: str = ORT_INT8[0]  # ort: how 8-bit layers stay exact on every CPU
 
 
 def container_for(bits: int, opset: int) -> str:
@@ -130,7 +132,7 @@ def container_for(bits: int, opset: int) -> str:
     raise ConfigError(f"weight bits must be in 2..16, not {bits}")
 
 
-def legalize(qmodel: nn.Module, target: str = "ort", opset: int = BASE_OPSET, int8: str = "u8u8") -> Legalized:
+def legalize(qmodel: nn.Module, target: str = "ort", opset: int = BASE_OPSET, int8: str = ORT_INT8[0]) -> Legalized:
     """Legalise the fake-quant `qmodel` (from hawq.quantize) for `target` ("ort" | "tensorrt").
     `opset` is the lowest opset to use (>= 21); ort raises it to 25 when a layer has INT2 weights.
     `int8` (ort only): how 8-bit layers are kept exact on every CPU, one of ORT_INT8 (see the
@@ -173,10 +175,12 @@ def _ort_layer(name: str, layer: QuantLayer, out: Legalized) -> tuple[QuantLayer
             container, zero_point = "UINT8", U8_WEIGHT_ZERO_POINT
         elif out.int8 == "reduce-range":
             bits = max(b for b in range(2, layer.w_bits) if pair_is_exact(_raw_act_max(act), quant.weight_qmax(b)))
-            changes.append(Change(name, "weight_bits", f"W{layer.w_bits}", f"W{bits}",
+            changes.append(Change(name, "weight_range", f"W{layer.w_bits} (±{quant.weight_qmax(layer.w_bits)})",
+                                  f"W{bits} codes (±{quant.weight_qmax(bits)}) in INT8",
                                   f"reduce-range: 2·{_raw_act_max(act)}·{quant.weight_qmax(layer.w_bits)} exceeds int16, "
                                   "where x86 CPUs without VNNI add pairs of u8×s8 products"))
             layer = _rebuild(layer, bits, layer.a_bits)
+            container = container_for(bits, out.opset)
         else:
             needs_vnni = True
     if kind == "Linear" and act is None:

@@ -35,7 +35,7 @@ from torch import nn
 from . import cpu, quant
 from .artifacts import write_json
 from .errors import ConfigError, UnsupportedModelError, VerificationError
-from .legalize import BASE_OPSET, CONTAINER_BITS, INT2_OPSET, Change, LayerSpec, Legalized, container_for, legalize
+from .legalize import BASE_OPSET, CONTAINER_BITS, INT2_OPSET, ORT_INT8, Change, LayerSpec, Legalized, container_for, legalize
 from .onnx_verify import Verification, verify_onnx
 from .rewrite import QuantLayer, _set_module, quant_layers
 
@@ -84,7 +84,7 @@ class ExportReport:
     changes: list[Change] = field(default_factory=list)
     layers: list[LayerExport] = field(default_factory=list)
     verification: Verification | None = None
-    int8: str = "u8u8"  # ort: how 8-bit layers are kept exact (hawq.legalize.ORT_INT8)
+    int8: str = ORT_INT8[0]  # ort: how 8-bit layers are kept exact (hawq.legalize.ORT_INT8)
     exact_on: str = ""  # the CPUs on which ONNX Runtime computes this file's integers exactly
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,15 +125,15 @@ class ExportReport:
 def export_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path, *, target: str = "ort",
                 verify: bool = True, opset: int = MIN_OPSET, verify_inputs: torch.Tensor | Iterable | None = None,
                 min_top1: float = 0.99, min_cosine: float = 0.999, max_frac_off: float = 0.25,
-                max_diff_vs_quant_error: float = 1.0, int8: str = "u8u8") -> ExportReport:
+                max_diff_vs_quant_error: float = 1.0, int8: str = ORT_INT8[0]) -> ExportReport:
     """Write `qmodel` (from hawq.quantize) as a QDQ ONNX model for `target` ("ort" | "tensorrt",
     see hawq.legalize) at `path`, and `verify.json` (this report) next to it.
 
     `opset` is the lowest opset used (>= 21); the ort target raises it to 25 when a layer has
     INT2 weights. `int8` (ort): "u8u8" (default) stores the 8-bit weights of 8-bit-input layers
-    as UINT8 + 128, exact on every CPU; "reduce-range" narrows them to 7 bits instead; "s8-vnni"
-    keeps INT8, exact only on CPUs with VNNI, AMX or ARM64 (verifying it elsewhere is refused in
-    one line before any work; see hawq.legalize and hawq.cpu). With `verify`, the file is run in ONNX Runtime on `verify_inputs` (a tensor or
+    at full range as UINT8 + 128, "reduce-range" gives them 7-bit codes in INT8 (both exact on
+    every CPU; see hawq.legalize); "s8-vnni" keeps INT8 at full range, exact only on CPUs with VNNI, AMX or ARM64 (verifying it
+    elsewhere is refused in one line before any work; see hawq.legalize and hawq.cpu). With `verify`, the file is run in ONNX Runtime on `verify_inputs` (a tensor or
     an iterable of x or (x, y) batches; default `example_input`) and compared with the legalised
     fake-quant model; a VerificationError (leaving no model at `path`) is raised when top-1
     agreement (on samples whose reference top-1 leads by >= 2 output steps) < `min_top1`, cosine <

@@ -627,7 +627,7 @@ def test_worst_case_integers_are_exact_on_this_cpu(tmp_path, int8):
         codes = numpy_helper.to_array(initializers(path)["0.weight"])
         assert codes.dtype == np.uint8 and int(codes.max()) == 255  # 127 + 128
     else:
-        assert {by[n].w_bits for n in by} == {7} and {c.after for c in report.changes} == {"W7"}
+        assert {by[n].w_bits for n in by} == {7} and {c.what for c in report.changes} == {"weight_range"}
     legal = legalize(qmodel, "ort", int8=int8).model.double()
     with torch.no_grad():
         exact = legal(x.double()).numpy()
