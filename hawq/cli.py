@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch.nn import functional as F
 
 import hawq
+from hawq.legalize import ORT_INT8
 
 
 def _bits(s: str) -> tuple[int, ...]:
@@ -189,7 +190,8 @@ def cmd_export(a) -> None:
         raise hawq.HawqError(f"{a.qmodel} not found; make it with `hawq quantize --plan PLAN --out {a.qmodel}`")
     except Exception as e:
         raise hawq.HawqError(f"{a.qmodel} is not a hawq quantized model ({e.__class__.__name__}); make it with `hawq quantize`")
-    rep = hawq.export_onnx(q, x[:1], a.out, target=a.target, verify=not a.no_verify, opset=a.opset, verify_inputs=x)
+    rep = hawq.export_onnx(q, x[:1], a.out, target=a.target, verify=not a.no_verify, opset=a.opset, verify_inputs=x,
+                          int8=a.int8)
     print(rep.summary())
     d = {k: v for k, v in rep.to_dict().items() if k not in ("layers", "changes")}
     if d["verification"]:
@@ -375,6 +377,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--target", choices=("ort", "tensorrt"), default="ort",
                    help="runtime to legalise for: ort (ONNX Runtime, default) or tensorrt (symmetric INT8, INT4 weight-only MatMul)")
     s.add_argument("--opset", type=int, default=21, help="lowest opset (the ort target raises it to 25 for INT2 weights)")
+    s.add_argument("--int8", choices=ORT_INT8, default=ORT_INT8[0],
+                   help="ort: how 8-bit weights of 8-bit-input layers are stored: u8u8 (default, UINT8 + 128, exact on "
+                        "every CPU), reduce-range (7-bit codes, exact everywhere, faster on VNNI CPUs) or s8-vnni (full "
+                        "INT8, exact only on CPUs with VNNI, AMX or ARM64)")
     s.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check")
     s.set_defaults(fn=cmd_export)
 

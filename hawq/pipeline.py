@@ -143,7 +143,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, l
             log_fn(f"{name:>12}: accuracy {acc:.4f}, {plan.weight_bytes / 1e6:.4f} MB, {plan.avg_bits:.2f} bits")
     export_name = [k for k in plans if k.startswith("mixed")][recipe.export_budget]
     report = export_onnx(qmodels[export_name], batches[0][0][:1], out / "model.onnx", target=recipe.target, opset=recipe.opset,
-                         verify_inputs=[x for x, _ in batches])
+                         verify_inputs=[x for x, _ in batches], int8=recipe.int8)
     frontier = pareto(prof, bits=recipe.candidates, pins=None if recipe.pin_first_last else {},
                       chosen=plans[export_name])
     frontier.write(out, recipe.name)

@@ -18,7 +18,7 @@ else:  # pragma: no cover
 
 from .errors import ConfigError
 from .hessian import ENGINES
-from .legalize import TARGETS
+from .legalize import ORT_INT8, TARGETS
 from .sensitivity import OMEGA_TRACES
 from .models import BUILDERS, checkpoint_path
 from .zoo import MODELS as TORCHVISION_MODELS
@@ -34,7 +34,7 @@ KEYS = {
     "data": ("folder", "calibration", "evaluation", "batch_size"),
     "profile": ("bits", "rel_tol", "max_probes", "probes_per_batch", "seed", "engine", "omega_trace"),
     "solve": ("candidates", "budgets", "pin_first_last"),
-    "export": ("budget_index", "opset", "target"),
+    "export": ("budget_index", "opset", "target", "int8"),
 }
 SMOKE_ENGINE = "double_backward"  # a smoke run takes one engine instead of timing all of them
 
@@ -63,6 +63,7 @@ class Recipe:
     export_budget: int = 1  # index into budgets of the plan to export
     opset: int = 21
     target: str = "ort"  # runtime the ONNX file is legalised for: "ort" | "tensorrt"
+    int8: str = ORT_INT8[0]  # ort: how 8-bit layers stay exact on every CPU (hawq.legalize.ORT_INT8)
 
     @property
     def family(self) -> str:
@@ -220,6 +221,7 @@ def load_recipe(path: str | Path) -> Recipe:
         export_budget=_get(ex, "budget_index", int, 1, "export"),
         opset=_get(ex, "opset", int, 21, "export"),
         target=_choice(ex, "target", TARGETS, "ort", "export"),
+        int8=_choice(ex, "int8", ORT_INT8, ORT_INT8[0], "export"),
     )
     _check(r)
     return r

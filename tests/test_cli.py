@@ -76,6 +76,8 @@ def test_stage_by_stage(tiny, capsys):
     assert cli.main(["--quiet", "export", qm, "--out", onx]) == 0
     assert '"top1_agreement"' in capsys.readouterr().out
     assert Path(onx).is_file() and (tiny / "verify.json").is_file()
+    assert cli.main(["--quiet", "export", qm, "--out", onx, "--int8", "reduce-range"]) == 0
+    assert json.loads((tiny / "verify.json").read_text())["int8"] == "reduce-range"
 
 
 def test_user_errors_are_one_line(tiny, capsys, one_line_error, tmp_path):

@@ -63,6 +63,7 @@ BAD = [
     ('[modle]\nname = "resnet20"\n', "unknown section"),
     ('[model]\nname = "resnet18"\nwieghts = "x.pt"\n', "unknown key"),
     ('[export]\ntarget = "tflite"\n', "export.target"),
+    ('[export]\nint8 = "s8"\n', "export.int8"),
     ('[profile]\nengine = "fast"\n', "profile.engine"),
     ('[profile]\nomega_trace = "median"\n', "profile.omega_trace"),
     ('[model]\nname = "resnet20"\nweights = "torchvision"\n', "other family"),
@@ -89,6 +90,12 @@ def test_bad_recipes_are_refused(tmp_path, text, needle):
     with pytest.raises(ConfigError, match=needle) as e:
         load_recipe(tmp_path / "r.toml")
     assert "\n" not in str(e.value)
+
+
+def test_int8_key(tmp_path):
+    assert default_recipe().int8 == "u8u8"
+    (tmp_path / "r.toml").write_text('[export]\nint8 = "reduce-range"\n')
+    assert load_recipe(tmp_path / "r.toml").int8 == "reduce-range"
 
 
 def test_omega_trace_key(tmp_path):
