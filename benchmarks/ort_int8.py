@@ -6,7 +6,7 @@ side by side, on the same quantized models, in one run.
 
 Schemes (hawq.export_onnx(..., int8=...), see hawq.legalize):
   - u8u8: 8-bit weights behind 8-bit inputs stored UINT8 with zero point 128 (u8×u8 kernels);
-  - reduce-range: those weights narrowed to 7 bits, INT8 (u8×s8 kernels, no pair exceeds int16);
+  - reduce-range: those weights given 7-bit codes (±63) in INT8 (u8×s8 kernels, no pair exceeds int16);
   - s8-vnni: INT8 at full range (u8×s8 kernels), exact only on CPUs with VNNI, AMX or ARM64.
 Models: the two embedded Fashion-MNIST models with their checkpoints (accuracy of the ONNX file
 in ONNX Runtime on the 9,000 evaluation images, and of the legalised fake-quant model in PyTorch),
@@ -102,7 +102,7 @@ def main() -> None:
                     verified = False
             row = {"model": name, "int8": scheme, "verified": verified, "exact_on": rep.exact_on,
                    "weight_types": sorted({l.weight_type for l in rep.layers}),
-                   "layers_narrowed": len([c for c in rep.changes if c.what == "weight_bits"]),
+                   "layers_narrowed": len([c for c in rep.changes if c.what == "weight_range"]),
                    "kernels": {k: sum(l.ort_kernel == k for l in rep.layers) for k in {l.ort_kernel for l in rep.layers}},
                    "file_bytes": rep.file_bytes}
             if rep.verification is not None:
