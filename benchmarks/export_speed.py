@@ -1,12 +1,12 @@
 """Size and ONNX Runtime (CPU) latency of FP32, W8A8 and mixed-precision exports of the same model.
 
     python benchmarks/export_speed.py [--models default,resnet18,mobilenet_v2] [--res 224]
-        [--targets ort,tensorrt] [--threads 1] [--repeats 50] [--out out/export_speed]
-        [--omega-trace upper|mean]
+        [--targets ort,tensorrt] [--int8 u8u8,reduce-range] [--threads 1] [--repeats 50]
+        [--out out/export_speed] [--omega-trace upper|mean]
 
 Prints one JSON line per model, variant and target:
-    {"model", "variant": "fp32"|"w8a8"|"mixed", "target", "median_ms", "file_bytes", "weight_bytes",
-     "plan_weight_bytes", ...}
+    {"model", "variant": "fp32"|"w8a8"|"mixed", "target", "int8", "median_ms", "file_bytes",
+     "weight_bytes", "plan_weight_bytes", ...}
 - the embedded default is hawq.load_default_model() with its calibration images; resnet18 and
   mobilenet_v2 are torchvision's with random weights (seed 0) and N(0, 1) inputs at --res;
 - fp32: the float model exported as is (opset 21); w8a8: every layer W8A8; mixed: the Hessian plan
@@ -22,10 +22,13 @@ Prints one JSON line per model, variant and target:
   weights in the smallest ONNX container for its planned bits) plus one float32 scale per output
   channel (fp32: 4 bytes a weight); legal_plan_weight_bytes: the same for the plan as the target's
   legaliser changed it (tensorrt promotes 2-bit and INT4-conv layers to INT8; equal for ort);
+- int8: the ort target's scheme for 8-bit weights behind 8-bit inputs (hawq.legalize.ORT_INT8):
+  one ort file per scheme in --int8 (u8u8, the default, UINT8 + 128; reduce-range, 7-bit codes in
+  INT8; both exact on every CPU); null for tensorrt and fp32;
 - median_ms: batch 1, the same input for all variants, `--repeats` runs after 5 warm-ups, timed
   round-robin over a model's files, in one ONNX Runtime CPU session per file with --threads
   intra-op threads (tensorrt files too: their ONNX Runtime latency says nothing of TensorRT's).
-A last line `{"summary": ...}` checks the targets: W8A8 <= 0.6x FP32 latency on resnet18 (ort),
+A last line `{"summary": ...}` checks the targets: W8A8 <= 0.6x FP32 latency on resnet18 (ort, per scheme),
 and weight bytes within 5% of legal_plan_weight_bytes for every variant (the file stores what the
 legalised plan says, packed); `legal_over_plan_bytes` gives legal / requested plan bytes (1 for ort).
 """
@@ -44,6 +47,7 @@ from torch.nn import functional as F
 
 import hawq
 from hawq.graph import trace_layers
+from hawq.legalize import ORT_INT8
 
 TORCHVISION = ("resnet18", "mobilenet_v2")
 
@@ -121,6 +125,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="default,resnet18,mobilenet_v2")
     p.add_argument("--targets", default="ort,tensorrt")
+    p.add_argument("--int8", default=",".join(ORT_INT8[:2]), help="the ort target's int8 schemes, one file each")
     p.add_argument("--res", type=int, default=224, help="input size of the torchvision models")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.add_argument("--repeats", type=int, default=50)
@@ -136,31 +141,35 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
+    exports = [(t, s) for t in a.targets.split(",") for s in (a.int8.split(",") if t == "ort" else [None])]
     for name in a.models.split(","):
         model, batches, prof_batches, x = load(name, a.res)
         fp32 = out / f"{name}_fp32.onnx"
         file_bytes, stored, params4 = fp32_file(model, x, fp32)
         model_rows, paths = [], [fp32]
         for target in a.targets.split(","):
-            model_rows.append({"model": name, "variant": "fp32", "target": target, "file_bytes": file_bytes,
+            model_rows.append({"model": name, "variant": "fp32", "target": target, "int8": None, "path": fp32,
+                               "file_bytes": file_bytes,
                                "weight_bytes": stored, "plan_weight_bytes": params4, "legal_plan_weight_bytes": params4})
         for variant, plan in plans(model, prof_batches, a.omega_trace).items():
             qmodel = hawq.quantize(model, plan, batches, quantize_outputs=True)  # legalised per target below
-            for target in a.targets.split(","):
-                path = out / f"{name}_{variant}_{target}.onnx"
+            for target, int8 in exports:
+                path = out / f"{name}_{variant}_{target}{'' if int8 in (None, ORT_INT8[0]) else '-' + int8}.onnx"
                 t0 = time.time()
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", hawq.LegalizationWarning)  # the report lists the changes
-                    rep = hawq.export_onnx(qmodel, x, path, target=target, verify_inputs=[b[0] for b in batches])
+                    rep = hawq.export_onnx(qmodel, x, path, target=target, verify_inputs=[b[0] for b in batches],
+                                           int8=int8 or ORT_INT8[0])
                 export_s = time.time() - t0
-                (out / f"{name}_{variant}_{target}.verify.json").write_text((path.parent / "verify.json").read_text())
+                path.with_suffix(".verify.json").write_text((path.parent / "verify.json").read_text())
                 v = rep.verification
                 kernels: dict[str, int] = {}
                 for l in rep.layers:
                     kernels[l.ort_kernel] = kernels.get(l.ort_kernel, 0) + 1
                 paths.append(path)
                 model_rows.append({
-                    "model": name, "variant": variant, "target": target, "file_bytes": rep.file_bytes,
+                    "model": name, "variant": variant, "target": target, "int8": int8, "path": path,
+                    "file_bytes": rep.file_bytes,
                     "weight_bytes": rep.weight_bytes + rep.scale_bytes, "plan_weight_bytes": plan_bytes(qmodel),
                     "legal_plan_weight_bytes": rep.packed_weight_bytes + 4 * channels(qmodel),
                     "opset": rep.opset, "promoted_layers": sorted({c.layer for c in rep.changes if c.what == "weight_bits"}),
@@ -172,17 +181,18 @@ def main() -> None:
         ms = median_ms(paths, x, a.threads, a.repeats)
         timed = {p: m for p, m in zip(paths, ms)}
         for r in model_rows:
-            key = fp32 if r["variant"] == "fp32" else out / f"{name}_{r['variant']}_{r['target']}.onnx"
-            r = {**{k: r[k] for k in ("model", "variant", "target")}, "median_ms": round(timed[key], 3),
-                 **{k: v for k, v in r.items() if k not in ("model", "variant", "target")},
+            r = {**{k: r[k] for k in ("model", "variant", "target", "int8")}, "median_ms": round(timed[r["path"]], 3),
+                 **{k: v for k, v in r.items() if k not in ("model", "variant", "target", "int8", "path")},
                  "res": None if name == "default" else a.res, "threads": a.threads}
             emit(r)
-    summary = {"w8a8_over_fp32_resnet18_ort": None, "weight_bytes_within_5pct": {}, "legal_over_plan_bytes": {}}
-    by = {(r["model"], r["variant"], r["target"]): r for r in rows}
-    if ("resnet18", "w8a8", "ort") in by:
-        summary["w8a8_over_fp32_resnet18_ort"] = round(by["resnet18", "w8a8", "ort"]["median_ms"] / by["resnet18", "fp32", "ort"]["median_ms"], 3)
+    summary = {"w8a8_over_fp32_resnet18_ort": {}, "weight_bytes_within_5pct": {}, "legal_over_plan_bytes": {}}
+    by = {(r["model"], r["variant"], r["target"], r["int8"]): r for r in rows}
+    for (model, variant, target, int8), r in by.items():
+        if (model, variant, target) == ("resnet18", "w8a8", "ort"):
+            ratio = r["median_ms"] / by["resnet18", "fp32", "ort", None]["median_ms"]
+            summary["w8a8_over_fp32_resnet18_ort"][int8] = [round(ratio, 3), ratio <= 0.6]
     for r in rows:
-        key = f'{r["model"]}/{r["variant"]}/{r["target"]}'
+        key = f'{r["model"]}/{r["variant"]}/{r["target"]}' + (f'/{r["int8"]}' if r["int8"] else "")
         ratio = r["weight_bytes"] / r["legal_plan_weight_bytes"]
         summary["weight_bytes_within_5pct"][key] = [round(ratio, 4), abs(ratio - 1) <= 0.05]
         summary["legal_over_plan_bytes"][key] = round(r["legal_plan_weight_bytes"] / r["plan_weight_bytes"], 4)

@@ -639,6 +639,32 @@ def test_worst_case_integers_are_exact_on_this_cpu(tmp_path, int8):
     assert "QLinearConv" in ort_kernel_ops(path)  # the integer kernel really ran
 
 
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_weight_only_worst_case_is_exact_on_this_cpu(tmp_path, bits):
+    """The weight-only path (MatMulNBits) at its extremes: codes ±qmax against a constant input,
+    which ONNX Runtime's default accuracy level 4 quantizes to int8 without error (127), so any
+    difference would be the kernel's own arithmetic. hawq's session (level 1, fp32) and a plain
+    session both equal the exact result on whatever CPU runs this (both checked on emulated
+    AVX2-only x86 too)."""
+    net = nn.Sequential(nn.Linear(512, 64)).eval()
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+        net[0].weight[1::2] = -1.0
+        net[0].weight[:, ::3] *= -1
+        net[0].bias.zero_()
+    x = torch.full((2, 4, 512), 3.0)
+    qmodel = rewrite.quantize(net, {"0": (bits, 32)}, [x], weight_method="minmax")
+    path = tmp_path / "m.onnx"
+    report = export_onnx(qmodel, x[:1], path, verify=False)
+    assert report.exact_on.startswith("every CPU")
+    with torch.no_grad():
+        exact = legalize(qmodel, "ort").model.double()(x.double()).numpy()
+    assert "MatMulNBits" in ort_kernel_ops(path)
+    for sess in (ort_session(path), ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])):
+        out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+        assert np.abs(out - exact).max() <= 1e-5 * np.abs(exact).max(), (out, exact)
+
+
 def ort_kernel_ops(path) -> set[str]:
     """The ops of ONNX Runtime's optimized graph of the file."""
     so = ort.SessionOptions()
