@@ -92,6 +92,13 @@ def pair_is_exact(a_max: int, w_max: int) -> bool:
     return 2 * a_max * w_max <= INT16_MAX
 
 
+def exact_code_bits(w_bits: int, a_max: int) -> int:
+    """The widest weight codes, at most `w_bits` bits (symmetric, ±(2^(b-1) - 1)), whose products
+    with inputs up to `a_max` a u8×s8 kernel adding pairs in int16 computes exactly: `w_bits`
+    itself where it is already exact, 7 for 8-bit weights behind 8-bit unsigned inputs."""
+    return max((b for b in range(3, w_bits + 1) if pair_is_exact(a_max, 2 ** (b - 1) - 1)), default=2)
+
+
 def _read_cpuinfo() -> str:
     try:
         return Path("/proc/cpuinfo").read_text(errors="replace")

@@ -67,14 +67,18 @@ class GuardCache:
         its fake-quant layers (their weight-scale search is the slow part) are copied into every
         plan that uses the pair, then the plan's activations are calibrated afresh.
     results: plan assignment → (calibration loss, accuracy) on the held-back samples.
+    reduce_range: quantize with rewrite.quantize(..., reduce_range=True) (the ort target's fast
+        exact 8-bit layers), so the guard measures the model the file will compute.
     """
 
     pairs: dict[tuple[int, int], nn.Module] = field(default_factory=dict)
     results: dict[Any, tuple[float, float]] = field(default_factory=dict)
+    reduce_range: bool = False
 
 
 def quantize_plan(model: nn.Module, plan: Plan, data: Sequence, cache: GuardCache) -> nn.Module:
-    """The same module as rewrite.quantize(model, plan, data), built from cached per-pair layers.
+    """The same module as rewrite.quantize(model, plan, data, reduce_range=cache.reduce_range),
+    built from cached per-pair layers.
 
     model: the float model (unchanged).
     plan: the per-layer widths.
@@ -85,7 +89,7 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Sequence, cache: GuardCach
     wa = plan.assignment()
     for pair in sorted(set(wa.values())):
         if pair not in cache.pairs:
-            cache.pairs[pair] = quantize(model, {n: pair for n in wa}, data)
+            cache.pairs[pair] = quantize(model, {n: pair for n in wa}, data, reduce_range=cache.reduce_range)
     q = copy.deepcopy(cache.pairs[next(iter(wa.values()))])
     for name, pair in wa.items():
         parent, _, attr = name.rpartition(".")

@@ -15,9 +15,10 @@ ort (ONNX Runtime CPU/CUDA; facts checked on onnxruntime 1.31-1.32):
     code w can make 2·a·w > 32767 (8-bit weights with 8-bit inputs) is stored, by default
     ("u8u8"), as UINT8 weights with zero point 128: the same integers + 128, which the u8×u8
     kernels widen to int16 before multiplying, so the file computes exactly what the fake-quant
-    model does, everywhere. "reduce-range" (as ONNX Runtime's own quantizer offers) gives such
-    layers 7-bit codes (±63) in INT8 instead: a `weight_range` change that the legalised model
-    carries but hawq.quantize and the profile do not, 2x faster on a VNNI/AMX CPU;
+    model does, everywhere. Layers that hawq.quantize(..., reduce_range=True) gave 7-bit codes
+    (±63) are exact in INT8 and run in the u8×s8 kernels, 2-3x faster on a VNNI/AMX CPU.
+    "reduce-range" (as ONNX Runtime's own quantizer offers) narrows the codes of layers that
+    were not, a `weight_range` change the model quantize made does not carry;
     "s8-vnni" keeps INT8 at full range, exact only on CPUs with VNNI/AMX or ARM64;
   - Linear layers whose input stays float (a_bits=32) store W^T [K, N] per channel on axis 1 and
     become MatMul, which ONNX Runtime fuses into MatMulNBits (2, 4 and 8 bits);
@@ -45,7 +46,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from . import quant
-from .cpu import pair_is_exact
+from .cpu import exact_code_bits, pair_is_exact
 from .errors import ConfigError
 from .rewrite import WEIGHT_ONLY, QuantLayer, _set_module, quant_layers
 
@@ -170,17 +171,18 @@ def _ort_layer(name: str, layer: QuantLayer, out: Legalized) -> tuple[QuantLayer
     container = container_for(layer.w_bits, out.opset)
     act = None if layer.weight_only else _act(layer)
     zero_point, needs_vnni = 0, False
-    if container == "INT8" and act is not None and act.container in ("UINT8", "INT8") and not pair_is_exact(_raw_act_max(act), quant.weight_qmax(layer.w_bits)):
+    in_int8_kernel = container == "INT8" and act is not None and act.container in ("UINT8", "INT8")
+    if in_int8_kernel and not pair_is_exact(_raw_act_max(act), quant.weight_qmax(layer.code_bits)):
         if out.int8 == "u8u8":
             container, zero_point = "UINT8", U8_WEIGHT_ZERO_POINT
         elif out.int8 == "reduce-range":
-            bits = max(b for b in range(2, layer.w_bits) if pair_is_exact(_raw_act_max(act), quant.weight_qmax(b)))
-            changes.append(Change(name, "weight_range", f"W{layer.w_bits} (±{quant.weight_qmax(layer.w_bits)})",
-                                  f"W{bits} codes (±{quant.weight_qmax(bits)}) in INT8",
-                                  f"reduce-range: 2·{_raw_act_max(act)}·{quant.weight_qmax(layer.w_bits)} exceeds int16, "
-                                  "where x86 CPUs without VNNI add pairs of u8×s8 products"))
-            layer = _rebuild(layer, bits, layer.a_bits)
-            container = container_for(bits, out.opset)
+            bits = exact_code_bits(layer.code_bits, _raw_act_max(act))
+            changes.append(Change(name, "weight_range", f"W{layer.w_bits} (±{quant.weight_qmax(layer.code_bits)})",
+                                  f"W{layer.w_bits} with {bits}-bit codes (±{quant.weight_qmax(bits)})",
+                                  f"reduce-range: 2·{_raw_act_max(act)}·{quant.weight_qmax(layer.code_bits)} exceeds int16, "
+                                  "where x86 CPUs without VNNI add pairs of u8×s8 products; "
+                                  "hawq.quantize(..., reduce_range=True) measures this model"))
+            layer = _rebuild(layer, layer.w_bits, layer.a_bits, code_bits=bits)
         else:
             needs_vnni = True
     if kind == "Linear" and act is None:
@@ -202,6 +204,8 @@ def _ort_layer(name: str, layer: QuantLayer, out: Legalized) -> tuple[QuantLayer
                 "UINT8": f"UINT8 weights with zero point {zero_point}: u8×u8 kernels, exact on every CPU"}.get(container, "")
         if needs_vnni:
             note = "s8-vnni: INT8 weights at full range, exact only on CPUs with VNNI, AMX or ARM64"
+        elif layer.w_code_bits:
+            note = f"{layer.w_code_bits}-bit codes (±{quant.weight_qmax(layer.w_code_bits)}) in INT8 (reduce-range): u8×s8 kernels, exact on every CPU"
     bias = None if layer.fp.bias is None else ("float" if act is None else "int32")
     return layer, LayerSpec(name, kind, weight, act, bias, note, _out(layer)), changes
 
@@ -303,15 +307,17 @@ def _calibrated_range(layer: QuantLayer) -> tuple[float, float]:
     return lo, hi
 
 
-def _rebuild(layer: QuantLayer, w_bits: int, a_bits: int, a_symmetric: bool | None = None) -> QuantLayer:
-    """A calibrated QuantLayer with other bits, its input quantizer recomputed from the same
-    calibrated range (identical to calibrating again on the same data)."""
+def _rebuild(layer: QuantLayer, w_bits: int, a_bits: int, a_symmetric: bool | None = None,
+             code_bits: int | None = None) -> QuantLayer:
+    """A calibrated QuantLayer with other bits (`code_bits`: narrower weight codes, see
+    QuantLayer.w_code_bits), its input quantizer recomputed from the same calibrated range
+    (identical to calibrating again on the same data)."""
     sym = layer.a_symmetric if a_symmetric is None else a_symmetric
-    if w_bits == layer.w_bits:  # keep the weight codes (recomputing them gives the same, slowly)
+    if w_bits == layer.w_bits and code_bits is None:  # keep the weight codes (recomputing them gives the same, slowly)
         new = copy.deepcopy(layer)
         new.a_bits, new.a_symmetric = int(a_bits), sym
     else:
-        new = QuantLayer(layer.fp, w_bits, a_bits, layer.weight_method, sym)
+        new = QuantLayer(layer.fp, w_bits, a_bits, layer.weight_method, sym, code_bits)
     new.a_lo, new.a_hi = _calibrated_range(layer)
     if not new.weight_only:
         if a_bits == layer.a_bits and sym == layer.a_symmetric:

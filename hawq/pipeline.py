@@ -127,7 +127,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, l
     rows = [Row("fp32", None, acc, loss, 4 * n_params, 32.0, "fp32")]
     plans: dict[str, Plan] = {}
     qmodels = {}
-    cache = GuardCache()  # per-width quantized layers, shared by the guard and the final plans
+    cache = GuardCache(reduce_range=recipe.reduce_range)  # per-width quantized layers, shared by the guard and the final plans
     solve_fn = partial(guarded_solve, model=model, data=batches, cache=cache) if guard else solve
     for bits, uni, mixed in budget_plans(prof, recipe, solve_fn):
         for method, plan in (("uniform", uni), ("mixed", mixed)):
@@ -136,7 +136,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, l
             name = f"{method}_{bits:g}" if bits is not None else plan.label
             plan.save(out / f"plan_{name}.json")
             plans[name] = plan
-            q = quantize_plan(model, plan, batches, cache)  # = quantize(model, plan, batches), weights reused
+            q = quantize_plan(model, plan, batches, cache)  # = quantize(model, plan, batches, reduce_range=...), weights reused
             acc, loss = D.evaluate(q, ev)
             qmodels[name] = q
             rows.append(Row(method, bits, acc, loss, plan.weight_bytes, plan.avg_bits, name))

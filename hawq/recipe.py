@@ -66,6 +66,12 @@ class Recipe:
     int8: str = ORT_INT8[0]  # ort: how 8-bit layers stay exact on every CPU (hawq.legalize.ORT_INT8)
 
     @property
+    def reduce_range(self) -> bool:
+        """Whether the job quantizes with 7-bit codes where u8×s8 pairs could pass int16
+        (hawq.quantize's reduce_range), for an ort export with int8 = "reduce-range"."""
+        return self.target == "ort" and self.int8 == "reduce-range"
+
+    @property
     def family(self) -> str:
         """"embedded" (1x28x28 Fashion-MNIST models) or "torchvision" (3x224x224 ImageNet models)."""
         return "embedded" if self.model in EMBEDDED_MODELS else "torchvision"

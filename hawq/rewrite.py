@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import quant
+from .cpu import exact_code_bits
 from .errors import ArtifactError, DataError
 from .graph import QUANTIZABLE
 
@@ -63,17 +64,20 @@ class QuantLayer(nn.Module):
     """Fake-quant Conv2d or Linear: per-output-channel symmetric weights at `w_bits`, per-tensor
     input activations at `a_bits` (calibrated by min/max; unsigned with a zero point, or signed
     symmetric with `a_symmetric`), int32 bias at s_w·s_a. `a_bits=32` (WEIGHT_ONLY) leaves the
-    input and the bias float. With `out_bits`, the output is fake-quantized too (per tensor, same
-    signedness as the input), calibrated on the float layer's output."""
+    input and the bias float. `w_code_bits` (< w_bits) narrows the weight codes while the layer
+    keeps its planned width and container: the ort target's reduce-range (hawq.legalize). With
+    `out_bits`, the output is fake-quantized too (per tensor, same signedness as the input),
+    calibrated on the float layer's output."""
 
     # class-level defaults, so modules pickled before these existed still run
     a_symmetric = False
     a_lo = a_hi = o_lo = o_hi = 0.0
     out_bits: int | None = None
+    w_code_bits: int | None = None  # None: codes use all of w_bits
     qat = False  # training path on (see enable_qat); off by default and in modules pickled before it existed
 
     def __init__(self, fp: nn.Module, w_bits: int, a_bits: int, weight_method: str = "mse",
-                 a_symmetric: bool = False) -> None:
+                 a_symmetric: bool = False, w_code_bits: int | None = None) -> None:
         super().__init__()
         if not isinstance(fp, QUANTIZABLE):
             raise TypeError(f"cannot quantize {type(fp).__name__}")
@@ -82,8 +86,11 @@ class QuantLayer(nn.Module):
         self.fp = copy.deepcopy(fp)
         self.w_bits, self.a_bits, self.weight_method = int(w_bits), int(a_bits), weight_method
         self.a_symmetric = bool(a_symmetric)
+        if w_code_bits is not None and not 2 <= int(w_code_bits) < self.w_bits:
+            raise ValueError(f"w_code_bits must be in 2..{self.w_bits - 1}, not {w_code_bits}")
+        self.w_code_bits = None if w_code_bits is None else int(w_code_bits)
         self.a_lo, self.a_hi = 0.0, 0.0  # the calibrated input range
-        w_fq, q, scale = quant.fake_quant_weight(self.fp.weight, self.w_bits, weight_method)
+        w_fq, q, scale = quant.fake_quant_weight(self.fp.weight, self.code_bits, weight_method)
         self.register_buffer("w_int", q.to(torch.int8 if self.w_bits <= 8 else torch.int16))
         self.register_buffer("w_scale", scale.float())
         self.register_buffer("w_fq", w_fq)
@@ -124,7 +131,7 @@ class QuantLayer(nn.Module):
     def refresh(self) -> QuantLayer:
         """Recompute `w_int` and `w_fq` from the current `fp.weight` at the same `w_scale` (the
         export reads them; `bias_int` follows `fp.bias` by itself)."""
-        q = quant.quantize_weight(self.fp.weight.detach(), self.w_scale, self.w_bits)
+        q = quant.quantize_weight(self.fp.weight.detach(), self.w_scale, self.code_bits)
         self.w_int = q.to(self.w_int.dtype)
         self.w_fq = q * self.w_scale.reshape(-1, *([1] * (q.dim() - 1)))
         return self
@@ -134,6 +141,11 @@ class QuantLayer(nn.Module):
         self.refresh()
         self.qat = False
         return self
+
+    @property
+    def code_bits(self) -> int:
+        """The bits the weight codes use: w_bits, or fewer under reduce-range (w_code_bits)."""
+        return self.w_code_bits or self.w_bits
 
     @property
     def weight_only(self) -> bool:
@@ -171,7 +183,7 @@ class QuantLayer(nn.Module):
         return y
 
     def _forward_qat(self, x: torch.Tensor) -> torch.Tensor:
-        w = quant.fake_quant_weight_ste(self.fp.weight, self.w_scale, self.w_bits)
+        w = quant.fake_quant_weight_ste(self.fp.weight, self.w_scale, self.code_bits)
         if self.weight_only:
             xq, b = x, self.fp.bias
         else:
@@ -187,7 +199,8 @@ class QuantLayer(nn.Module):
         sym = ", a_symmetric=True" if self.a_symmetric else ""
         out = f", out_bits={self.out_bits}" if self.out_bits else ""
         qat = ", qat=True" if self.qat else ""
-        return f"{type(self.fp).__name__}, w_bits={self.w_bits}, a_bits={self.a_bits}{sym}{out}{qat}"
+        codes = f", w_code_bits={self.w_code_bits}" if self.w_code_bits else ""
+        return f"{type(self.fp).__name__}, w_bits={self.w_bits}{codes}, a_bits={self.a_bits}{sym}{out}{qat}"
 
 
 def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
@@ -205,14 +218,19 @@ def as_assignment(plan) -> dict[str, tuple[int, int]]:
 
 @torch.no_grad()
 def quantize(model: nn.Module, plan, data: Iterable, weight_method: str = "mse", act_symmetric: bool = False,
-             quantize_outputs: bool = False) -> nn.Module:
+             quantize_outputs: bool = False, reduce_range: bool = False) -> nn.Module:
     """A new fake-quant module: BN folded, each planned layer swapped for a QuantLayer, then
     calibrated on `data` (an iterable of (x, y) or x batches). The caller's model is unchanged.
     `act_symmetric`: signed symmetric activations, zero point 0 (what TensorRT takes); the default
     is unsigned with a zero point (what ONNX Runtime's CPU integer kernels take).
     `quantize_outputs`: also quantize, at 8 bits per tensor, the outputs of quantized convs that
     do not feed only other quantized layers (residual adds, pooling; see `output_quant_layers`):
-    ONNX Runtime then runs every 8-bit conv as QLinearConv instead of a float Conv."""
+    ONNX Runtime then runs every 8-bit conv as QLinearConv instead of a float Conv.
+    `reduce_range`: layers whose weight codes could make a pair of u8×s8 products exceed int16
+    (8-bit weights behind 8-bit inputs) get 7-bit codes, as the ort target's int8="reduce-range"
+    stores them: ONNX Runtime then runs them in its fast u8×s8 kernels, exactly on every CPU, and
+    this model is the one the file computes (without it the default export stores them as
+    UINT8 + 128, exact too, in the u8×u8 kernels; see hawq.legalize)."""
     assign = as_assignment(plan)
     folded = fold_bn(model)
     mods = dict(folded.named_modules())
@@ -221,12 +239,25 @@ def quantize(model: nn.Module, plan, data: Iterable, weight_method: str = "mse",
         raise ArtifactError(f"the plan names layers this model lacks or cannot quantize: {', '.join(missing[:5])}; "
                             "was the plan made for another model?")
     for name, (wb, ab) in assign.items():
-        _set_module(folded, name, QuantLayer(mods[name], wb, ab, weight_method, act_symmetric))
+        codes = reduced_code_bits(wb, ab, act_symmetric) if reduce_range else wb
+        _set_module(folded, name, QuantLayer(mods[name], wb, ab, weight_method, act_symmetric,
+                                             None if codes == wb else codes))
     if quantize_outputs:
         for name in output_quant_layers(folded):
             folded.get_submodule(name).out_bits = 8
     calibrate(folded, data)
     return folded.eval()
+
+
+def reduced_code_bits(w_bits: int, a_bits: int, a_symmetric: bool) -> int:
+    """The weight code bits reduce-range gives a layer: fewer than `w_bits` only where ONNX
+    Runtime runs it in an 8-bit integer kernel (weights and quantized inputs of at most 8 bits)
+    and a pair of products could pass int16. Signed inputs count as uint8: ONNX Runtime's CPU
+    provider shifts them by 128."""
+    if w_bits > 8 or a_bits > 8:
+        return w_bits
+    a_max = 128 + 2 ** (a_bits - 1) - 1 if a_symmetric else 2 ** a_bits - 1
+    return exact_code_bits(w_bits, a_max)
 
 
 @torch.no_grad()

@@ -77,7 +77,13 @@ def test_stage_by_stage(tiny, capsys):
     assert '"top1_agreement"' in capsys.readouterr().out
     assert Path(onx).is_file() and (tiny / "verify.json").is_file()
     assert cli.main(["--quiet", "export", qm, "--out", onx, "--int8", "reduce-range"]) == 0
-    assert json.loads((tiny / "verify.json").read_text())["int8"] == "reduce-range"
+    saved = json.loads((tiny / "verify.json").read_text())
+    assert saved["int8"] == "reduce-range" and "weight_range" in {c["what"] for c in saved["changes"]}
+    assert cli.main(["--quiet", "quantize", r, "--plan", plan, "--out", qm, "--reduce-range"]) == 0
+    assert cli.main(["--quiet", "export", qm, "--out", onx]) == 0  # default u8u8: the 7-bit codes stay INT8
+    saved = json.loads((tiny / "verify.json").read_text())
+    assert {c["what"] for c in saved["changes"]} == {"opset"} and "UINT8" not in {l["weight_type"] for l in saved["layers"]}
+    assert any("7-bit codes" in l["note"] for l in saved["layers"])
 
 
 def test_user_errors_are_one_line(tiny, capsys, one_line_error, tmp_path):

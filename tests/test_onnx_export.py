@@ -627,7 +627,9 @@ def test_worst_case_integers_are_exact_on_this_cpu(tmp_path, int8):
         codes = numpy_helper.to_array(initializers(path)["0.weight"])
         assert codes.dtype == np.uint8 and int(codes.max()) == 255  # 127 + 128
     else:
-        assert {by[n].w_bits for n in by} == {7} and {c.what for c in report.changes} == {"weight_range"}
+        assert {by[n].w_bits for n in by} == {8} and {c.what for c in report.changes} == {"weight_range"}
+        codes = numpy_helper.to_array(initializers(path)["0.weight"])
+        assert codes.dtype == np.int8 and int(np.abs(codes).max()) == 63
     legal = legalize(qmodel, "ort", int8=int8).model.double()
     with torch.no_grad():
         exact = legal(x.double()).numpy()
@@ -663,6 +665,45 @@ def test_weight_only_worst_case_is_exact_on_this_cpu(tmp_path, bits):
     for sess in (ort_session(path), ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])):
         out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
         assert np.abs(out - exact).max() <= 1e-5 * np.abs(exact).max(), (out, exact)
+
+
+def test_reduce_range_quantizes_what_the_file_computes(tmp_path):
+    """hawq.quantize(..., reduce_range=True) gives the 8-bit layers behind 8-bit inputs 7-bit
+    codes: every export scheme then keeps them INT8 in the u8×s8 kernels with no change to the
+    model, so the accuracy measured on the quantized model is the file's, and the worst case is
+    exact on whatever CPU runs this."""
+    net = _worst_case_model()
+    x = torch.ones(2, 64, 6, 6)
+    plan = {"0": (8, 8), "3": (8, 8), "5": (8, 8)}
+    qmodel = rewrite.quantize(net, plan, [x], weight_method="minmax", reduce_range=True)
+    layers = rewrite.quant_layers(qmodel)
+    assert {(l.w_bits, l.code_bits, int(l.w_int.abs().max())) for l in layers.values()} == {(8, 7, 63)}
+    for int8 in ("u8u8", "reduce-range", "s8-vnni"):
+        path = tmp_path / f"{int8}.onnx"
+        report = export_onnx(qmodel, x[:1], path, int8=int8, verify=False)
+        assert report.changes == [] and report.exact_on.startswith("every CPU")
+        assert {(l.w_bits, l.weight_type) for l in report.layers} == {(8, "INT8")}
+        assert all("7-bit codes" in l.note for l in report.layers)
+    with torch.no_grad():
+        exact = qmodel.double()(x.double()).numpy()
+    sess = ort_session(path)
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    step = float(layers["5"].a_scale * layers["5"].w_scale.max())
+    assert np.abs(out - exact).max() <= step + 1e-6, (out, exact)
+    assert "QLinearConv" in ort_kernel_ops(path)
+
+
+def test_reduced_code_bits():
+    """Only layers in ONNX Runtime's 8-bit integer kernels whose products can pass int16 in pairs."""
+    assert rewrite.reduced_code_bits(8, 8, False) == 7  # 2·255·127 > 32767 >= 2·255·63
+    assert rewrite.reduced_code_bits(8, 8, True) == 7  # signed inputs are shifted to uint8
+    assert rewrite.reduced_code_bits(8, 4, False) == 8  # 2·15·127
+    assert rewrite.reduced_code_bits(8, 7, False) == 8  # 2·127·127 = 32258
+    assert rewrite.reduced_code_bits(4, 8, False) == 4
+    assert rewrite.reduced_code_bits(8, 32, False) == 8  # weight-only: float input
+    assert rewrite.reduced_code_bits(16, 8, False) == 16  # INT16 weights run in float kernels
+    with pytest.raises(ValueError, match="w_code_bits"):
+        rewrite.QuantLayer(nn.Linear(4, 4), 8, 8, w_code_bits=8)
 
 
 def ort_kernel_ops(path) -> set[str]:

@@ -95,7 +95,9 @@ def test_bad_recipes_are_refused(tmp_path, text, needle):
 def test_int8_key(tmp_path):
     assert default_recipe().int8 == "u8u8"
     (tmp_path / "r.toml").write_text('[export]\nint8 = "reduce-range"\n')
-    assert load_recipe(tmp_path / "r.toml").int8 == "reduce-range"
+    r = load_recipe(tmp_path / "r.toml")
+    assert r.int8 == "reduce-range" and r.reduce_range and not default_recipe().reduce_range
+    assert not replace(r, target="tensorrt").reduce_range  # TensorRT's GPU kernels do not saturate
 
 
 def test_omega_trace_key(tmp_path):
