@@ -6,8 +6,9 @@ layer saying how its weight, input and bias are stored, and every change made to
 
 ort (ONNX Runtime CPU/CUDA; facts checked on onnxruntime 1.31-1.32):
   - weights symmetric per output channel with an explicit zero point, all 0 (QGemm fuses only
-    with one) or all 128 in UINT8 (below), stored in the smallest container holding their true range: 2 bits in INT2
-    (opset 25, raised only when a layer needs it), 3-4 in INT4, 5-8 in INT8, 9-16 in INT16;
+    with one) or all 128 in UINT8 (below), stored in the smallest container holding their true
+    range: 2 bits in INT2 (opset 25, raised only when a layer needs it), 3-4 in INT4, 5-8 in
+    INT8, 9-16 in INT16;
   - input activations as calibrated (unsigned with a zero point by default: the only form the
     x86 integer kernels QLinearConv/QGemm fuse); 8-bit weights and activations run in them;
   - exact on every CPU (`int8`, see ORT_INT8 and hawq.cpu): x86 without VNNI adds pairs of u8×s8
@@ -75,7 +76,7 @@ class Change:
 
 @dataclass(frozen=True)
 class WeightSpec:
-    bits: int  # true range: codes in ±(2^(bits-1) - 1)
+    bits: int  # the layer's width: codes in ±(2^(bits-1) - 1), or fewer (QuantLayer.w_code_bits)
     container: str  # INT2 | INT4 | INT8 | UINT8 | INT16
     layout: str  # "OI": [out, in, ...] as PyTorch; "IO": W^T [K, N] (MatMul B); "auto": Linear's op decides
     block_size: int | None = None  # blocked scales along the input (K) dimension; None: per channel

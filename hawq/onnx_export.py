@@ -132,8 +132,10 @@ def export_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path
     `opset` is the lowest opset used (>= 21); the ort target raises it to 25 when a layer has
     INT2 weights. `int8` (ort): "u8u8" (default) stores the 8-bit weights of 8-bit-input layers
     at full range as UINT8 + 128, "reduce-range" gives them 7-bit codes in INT8 (both exact on
-    every CPU; see hawq.legalize); "s8-vnni" keeps INT8 at full range, exact only on CPUs with VNNI, AMX or ARM64 (verifying it
-    elsewhere is refused in one line before any work; see hawq.legalize and hawq.cpu). With `verify`, the file is run in ONNX Runtime on `verify_inputs` (a tensor or
+    every CPU; layers hawq.quantize(..., reduce_range=True) narrowed stay INT8 unchanged under
+    every scheme); "s8-vnni" keeps INT8 at full range, exact only on CPUs with VNNI, AMX or ARM64
+    (verifying it elsewhere is refused in one line before any work; see hawq.legalize and
+    hawq.cpu). With `verify`, the file is run in ONNX Runtime on `verify_inputs` (a tensor or
     an iterable of x or (x, y) batches; default `example_input`) and compared with the legalised
     fake-quant model; a VerificationError (leaving no model at `path`) is raised when top-1
     agreement (on samples whose reference top-1 leads by >= 2 output steps) < `min_top1`, cosine <

@@ -139,3 +139,20 @@ def test_quantize_errors():
         quantize(m, {"nope.conv": 4}, [(torch.randn(2, 1, 28, 28), None)])
     with pytest.raises(DataError, match="empty"):
         quantize(m, {"conv1": 4}, [])
+
+
+def test_reduce_range_codes_survive_training():
+    """reduce_range's 7-bit codes hold through the training path (enable_qat, a step, freeze)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    x = torch.randn(32, 16)
+    q = quantize(net, {"0": (8, 8), "2": (4, 8)}, [x], reduce_range=True)
+    first, second = quant_layers(q)["0"], quant_layers(q)["2"]
+    assert (first.code_bits, second.code_bits) == (7, 4) and "w_code_bits=7" in repr(first)
+    first.enable_qat()
+    with torch.no_grad():
+        first.fp.weight.mul_(3)  # push codes past ±63: the training path must clamp them there
+    q(x).sum().backward()
+    assert first.fp.weight.grad is not None
+    first.freeze()
+    assert int(first.w_int.abs().max()) == 63
