@@ -1,5 +1,5 @@
 """What this CPU's integer dot products do: the instruction-set facts that decide whether ONNX
-Runtime's 8-bit kernels compute a file's integers exactly here. Imports nothing of hawq.
+Runtime's 8-bit kernels compute a file's integers exactly here. Imports only hawq.quant.
 
 ONNX Runtime's CPU GEMM/conv kernels (MLAS) multiply u8 activations by s8 weights with
   - VNNI (AVX512-VNNI, AVX-VNNI) or AMX: 4 products summed straight into int32 (exact);
@@ -16,6 +16,8 @@ import platform
 from pathlib import Path
 
 import numpy as np
+
+from .quant import weight_qmax
 
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 PAIRWISE_FLAGS = ("avx2", "avx512bw")  # vpmaddubsw: the u8×s8 kernels without VNNI use it
@@ -96,7 +98,7 @@ def exact_code_bits(w_bits: int, a_max: int) -> int:
     """The widest weight codes, at most `w_bits` bits (symmetric, ±(2^(b-1) - 1)), whose products
     with inputs up to `a_max` a u8×s8 kernel adding pairs in int16 computes exactly: `w_bits`
     itself where it is already exact, 7 for 8-bit weights behind 8-bit unsigned inputs."""
-    return max((b for b in range(3, w_bits + 1) if pair_is_exact(a_max, 2 ** (b - 1) - 1)), default=2)
+    return max((b for b in range(3, w_bits + 1) if pair_is_exact(a_max, weight_qmax(b))), default=2)
 
 
 def _read_cpuinfo() -> str:

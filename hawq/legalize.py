@@ -47,9 +47,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from . import quant
-from .cpu import exact_code_bits, pair_is_exact
 from .errors import ConfigError
-from .rewrite import WEIGHT_ONLY, QuantLayer, _set_module, quant_layers
+from .rewrite import WEIGHT_ONLY, QuantLayer, _set_module, quant_layers, reduced_code_bits
 
 TARGETS = ("ort", "tensorrt")
 BASE_OPSET = 21  # INT4/INT16 QuantizeLinear/DequantizeLinear and blocked scales
@@ -172,12 +171,11 @@ def _ort_layer(name: str, layer: QuantLayer, out: Legalized) -> tuple[QuantLayer
     container = container_for(layer.w_bits, out.opset)
     act = None if layer.weight_only else _act(layer)
     zero_point, needs_vnni = 0, False
-    in_int8_kernel = container == "INT8" and act is not None and act.container in ("UINT8", "INT8")
-    if in_int8_kernel and not pair_is_exact(_raw_act_max(act), quant.weight_qmax(layer.code_bits)):
+    bits = reduced_code_bits(layer.code_bits, layer.a_bits, layer.a_symmetric)  # the rule quantize applies
+    if bits < layer.code_bits:
         if out.int8 == "u8u8":
             container, zero_point = "UINT8", U8_WEIGHT_ZERO_POINT
         elif out.int8 == "reduce-range":
-            bits = exact_code_bits(layer.code_bits, _raw_act_max(act))
             changes.append(Change(name, "weight_range", f"W{layer.w_bits} (±{quant.weight_qmax(layer.code_bits)})",
                                   f"W{layer.w_bits} with {bits}-bit codes (±{quant.weight_qmax(bits)})",
                                   f"reduce-range: 2·{_raw_act_max(act)}·{quant.weight_qmax(layer.code_bits)} exceeds int16, "
