@@ -94,8 +94,7 @@ def ort_session(path: str | Path, *, providers: list | None = None, threads: int
     `matmulnbits_accuracy_level=1` (the default here) makes the MatMulNBits that float-input
     Linear layers fuse into compute in fp32, the arithmetic hawq verifies and its fake-quant model
     emulates. ONNX Runtime's own default, 4 (None here), quantizes their input to int8 on the fly:
-    an approximation (0.7% of the output range off on random inputs to a test model, the same on
-    AVX2-only and AMX CPUs)."""
+    an approximation of that arithmetic."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
