@@ -591,8 +591,11 @@ class Budget:
             v = float(getattr(self, kind))
             if resource == "latency_ms" and "latency_ms" not in p.coef:
                 raise ConfigError("a latency_ms limit needs a latency table; pass latency= (see `hawq latency`)")
-            caps[resource] = {"megabytes": v * MB * 8, "avg_bits": v * p.total_params, "gbops": v * GIGA,
-                              "latency_ms": v}.get(kind, p.lo(resource) + v * (p.hi(resource) - p.lo(resource)))
+            cap = {"megabytes": v * MB * 8, "avg_bits": v * p.total_params, "gbops": v * GIGA,
+                   "latency_ms": v}.get(kind, p.lo(resource) + v * (p.hi(resource) - p.lo(resource)))
+            # a huge but finite limit (1e308 MB) overflows to inf in bits; it limits nothing, so hold it
+            # at the largest plan's total, which the integer arithmetic can take
+            caps[resource] = p.hi(resource) if math.isinf(cap) else cap
         return caps
 
     def _value_at(self, resource: str, total: float, p: _Problem) -> float:

@@ -656,3 +656,11 @@ def test_uniform_plans_within_and_sweep():
     assert [p.omega for p in plans] == sorted((p.omega for p in plans), reverse=True)
     with pytest.raises(ConfigError, match="drop megabytes"):
         sweep(profile, budget=Budget(megabytes=1.0))
+
+
+@pytest.mark.parametrize("limit", [{"megabytes": 1e308}, {"gbops": 1e300}, {"avg_bits": 1e305},
+                                   {"megabytes": 1e308, "gbops": 1e300}])
+def test_a_huge_finite_budget_limits_nothing(limit):
+    profile = small_profile()
+    plan = solve(profile, Budget(**limit), pins={})
+    assert set(plan.assignment().values()) == {(8, 8)} and plan.status == "Optimal"
