@@ -1,31 +1,69 @@
 """Versioned JSON artifacts: atomic writes, format checks, fingerprints."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from .errors import ArtifactError
+from .errors import ArtifactError, ConfigError
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write via a temp file in the same folder and rename: readers never see half a file."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside `path` to write into: renamed onto `path` when the block ends
+    without error (readers never see half a file), removed on every other exit. The file gets
+    the mode an ordinary new file gets (mkstemp's 0600 would otherwise survive the rename).
+
+    path: the final file; its parent is created if missing.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` atomically (see atomic_path)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def check_output(path: str | Path, *, folder: bool = False) -> Path:
+    """Refuse, before any work, an output that cannot be written: a file path that is a folder (or
+    a folder path that is a file), or one whose nearest existing parent is a file or not writable.
+    Missing parents are fine: the writers create them.
+
+    path: where a command will write.
+    folder: whether `path` is an output folder rather than a file.
+    """
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"output folder {path} is a file; give a folder path")
+    if not folder and path.is_dir():
+        raise ConfigError(f"output {path} is a folder; give a file path, e.g. {path / 'out'}")
+    parent = path if folder else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {path}: no write permission in {parent}")
     return path
 
 

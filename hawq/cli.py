@@ -14,14 +14,45 @@ import torch.distributed as dist
 from torch.nn import functional as F
 
 import hawq
+from hawq.artifacts import atomic_path, check_output
 from hawq.legalize import ORT_INT8
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one `hawq: error:` line like every other user error."""
+
+    def error(self, message: str):
+        print(f"hawq: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
 
 
 def _bits(s: str) -> tuple[int, ...]:
     try:
-        return tuple(int(b) for b in s.split(","))
+        bits = tuple(int(b) for b in s.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 2,4,8, not {s!r}")
+        bits = ()
+    if not bits or not all(2 <= b <= 16 for b in bits):
+        raise argparse.ArgumentTypeError(f"expected comma-separated widths in 2..16 like 2,4,8, not {s!r}")
+    return bits
+
+
+def _width(s: str) -> int:
+    bits = _bits(s)
+    if len(bits) != 1:
+        raise argparse.ArgumentTypeError(f"expected one width in 2..16, not {s!r}")
+    return bits[0]
+
+
+def _at_least(low: int):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            v = low - 1
+        if v < low:
+            raise argparse.ArgumentTypeError(f"expected an integer of at least {low}, not {s!r}")
+        return v
+    return parse
 
 
 def _pin(s: str) -> tuple[str, int | tuple[int, int]]:
@@ -50,15 +81,22 @@ def _recipe(path: str | None) -> hawq.Recipe:
     return hawq.default_recipe() if path is None else hawq.load_recipe(path)
 
 
+def _or(value, default):
+    """The option if given, else the recipe's (0 and other falsy values count as given)."""
+    return default if value is None else value
+
+
 def cmd_profile(a) -> None:
+    check_output(a.out)
     r = _recipe(a.recipe)
     model, (batches, _) = hawq.load_model(r), hawq.load_data(r)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # under torchrun
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    prof = hawq.profile(model, F.cross_entropy, batches, a.bits or r.profile_bits, rel_tol=a.rel_tol or r.rel_tol,
-                        max_probes=a.max_probes or r.max_probes, seed=r.seed if a.seed is None else a.seed,
-                        probes_per_batch=a.probes_per_batch or r.probes_per_batch, engine=a.engine,
-                        progress=not a.quiet, cache=a.out, a_bits=a.a_bits or (), omega_trace=a.omega_trace or r.omega_trace)
+    prof = hawq.profile(model, F.cross_entropy, batches, _or(a.bits, r.profile_bits), rel_tol=_or(a.rel_tol, r.rel_tol),
+                        max_probes=_or(a.max_probes, r.max_probes), seed=_or(a.seed, r.seed),
+                        probes_per_batch=_or(a.probes_per_batch, r.probes_per_batch), engine=a.engine,
+                        progress=not a.quiet, cache=a.out, a_bits=_or(a.a_bits, ()),
+                        omega_trace=_or(a.omega_trace, r.omega_trace))
     if dist.is_initialized() and dist.get_rank() != 0:
         return
     print(f"{len(prof.layers)} layers, {prof.settings.get('probes')} probes, {prof.seconds:.1f} s -> {a.out}")
@@ -70,6 +108,7 @@ def cmd_profile(a) -> None:
 
 
 def cmd_solve(a) -> None:
+    check_output(a.out)
     prof = hawq.Profile.load(a.profile)
     ties = _ties(a)
     latency = hawq.LatencyTable.load(a.latency).ms if a.latency else None
@@ -110,26 +149,26 @@ def _first_last(prof: hawq.Profile) -> dict[str, int]:
 
 
 def cmd_quantize(a) -> None:
+    check_output(a.out)
     r = _recipe(a.recipe)
     model, (batches, ev) = hawq.load_model(r), hawq.load_data(r)
     plan = hawq.Plan.load(a.plan)
     q = hawq.quantize(model, plan, batches, reduce_range=a.reduce_range or r.reduce_range)
     acc, loss = hawq.evaluate(q, ev)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(a.out) + ".tmp")
-    torch.save({"model": q, "inputs": batches[0][0], "plan": plan.to_dict()}, tmp)
-    tmp.replace(a.out)
+    with atomic_path(a.out) as tmp:
+        torch.save({"model": q, "inputs": batches[0][0], "plan": plan.to_dict()}, tmp)
     print(f"{plan.label}: accuracy {acc:.4f} (loss {loss:.4f}) on {len(ev)} images -> {a.out}")
 
 
-def _positive(kind):
+def _positive(kind, zero: bool = False):
     def parse(s: str):
         try:
             v = kind(s)
         except ValueError:
             v = None
-        if v is None or not v > 0 or v != v or v == float("inf"):
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, not {s!r}")
+        if v is None or not (v >= 0 if zero else v > 0) or v != v or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a {'non-negative' if zero else 'positive'} {kind.__name__}, "
+                                             f"not {s!r}")
         return v
     return parse
 
@@ -157,6 +196,9 @@ def _train_batches(a, r: hawq.Recipe, batches) -> hawq.ShuffledBatches:
 
 
 def cmd_finetune(a) -> None:
+    check_output(a.out)
+    if a.checkpoint:
+        check_output(a.checkpoint)
     r = _recipe(a.recipe)
     plan = hawq.Plan.load(a.plan)
     model, (batches, ev) = hawq.load_model(r), hawq.load_data(r)
@@ -171,10 +213,8 @@ def cmd_finetune(a) -> None:
                         checkpoint_every=a.checkpoint_every, seed=r.seed if a.seed is None else a.seed,
                         progress=not a.quiet)
     acc1, loss1 = hawq.evaluate(res.model, ev)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(a.out) + ".tmp")
-    torch.save({"model": res.model, "inputs": batches[0][0], "plan": plan.to_dict(), "finetune": res.summary()}, tmp)
-    tmp.replace(a.out)
+    with atomic_path(a.out) as tmp:
+        torch.save({"model": res.model, "inputs": batches[0][0], "plan": plan.to_dict(), "finetune": res.summary()}, tmp)
     gap = fp_acc - acc0
     recovered = f", {100 * (acc1 - acc0) / gap:.0f}% of the gap to fp32 recovered" if gap > 0 else ""
     resumed = "" if res.resumed_from is None else f", resumed from step {res.resumed_from}"
@@ -183,6 +223,8 @@ def cmd_finetune(a) -> None:
 
 
 def cmd_export(a) -> None:
+    check_output(a.out)
+    check_output(Path(a.out).parent / "verify.json")
     try:
         blob = torch.load(a.qmodel, map_location="cpu", weights_only=False)
         q, x = blob["model"], blob["inputs"]
@@ -200,6 +242,7 @@ def cmd_export(a) -> None:
 
 
 def cmd_pareto(a) -> None:
+    check_output(a.out, folder=True)
     prof = hawq.Profile.load(a.profile)
     limits = _limits(a)
     chosen = hawq.Plan.load(a.plan) if a.plan else None
@@ -215,6 +258,7 @@ def cmd_pareto(a) -> None:
 
 
 def cmd_latency(a) -> None:
+    check_output(a.out)
     r = _recipe(a.recipe)
     model, (batches, _) = hawq.load_model(r), hawq.load_data(r)
     bits = a.bits or r.candidates
@@ -233,11 +277,12 @@ def cmd_run(a) -> None:
     if a.target and a.target != r.target:
         r = replace(r, name=f"{r.name}-{a.target}", target=a.target)
     r = r.smoke() if a.smoke else r
-    _print_run(hawq.run_recipe(r, a.out or f"out/{r.name}", progress=not a.quiet, guard=not a.no_guard),
-               a.out or f"out/{r.name}")
+    out = check_output(a.out or f"out/{r.name}", folder=True)
+    _print_run(hawq.run_recipe(r, out, progress=not a.quiet, guard=not a.no_guard), str(out))
 
 
 def cmd_demo(a) -> None:
+    check_output(a.out, folder=True)
     _print_run(hawq.run_recipe(hawq.default_recipe(), a.out, progress=not a.quiet, guard=not a.no_guard), a.out)
 
 
@@ -285,7 +330,7 @@ def _candidate_options(s: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hawq", description="Hessian-aware mixed-precision quantization for PyTorch.")
+    p = _Parser(prog="hawq", description="Hessian-aware mixed-precision quantization for PyTorch.")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
     p.add_argument("--version", action="version", version=f"hawq {hawq.__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -295,8 +340,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("recipe", nargs="?", help=rec_help)
     s.add_argument("--out", default="profile.json")
     s.add_argument("--bits", type=_bits, help="bit widths to compute Ω for, e.g. 2,3,4,8")
-    s.add_argument("--rel-tol", type=float, help="target relative standard error of each significant layer")
-    s.add_argument("--max-probes", type=int, help="probe cap")
+    s.add_argument("--rel-tol", type=_positive(float, zero=True),
+                   help="target relative standard error of each significant layer (0: run to --max-probes)")
+    s.add_argument("--max-probes", type=_at_least(2), help="probe cap (at least 2, to estimate a standard error)")
     s.add_argument("--seed", type=int)
     s.add_argument("--probes-per-batch", type=_k,
                    help="Rademacher probes on each batch per round, or auto: as many (<= 8) as half the free memory holds")
@@ -314,7 +360,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("profile", help="profile.json from `hawq profile`")
     _limit_options(s, "limits (each optional, at least one, all held at once)")
     _candidate_options(s)
-    s.add_argument("--time-limit", type=float, help="solver time limit in seconds (default: none, prove optimality)")
+    s.add_argument("--time-limit", type=_positive(float), help="solver time limit in seconds (default: none, prove optimality)")
     s.add_argument("--latency", help="latency table from `hawq latency` (needed for --latency-ms)")
     s.add_argument("--latency-ms", type=float, help="limit on the summed per-layer latency of the table")
     s.add_argument("--out", default="plan.json")
@@ -323,7 +369,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("pareto", help="total Ω against weight size or BOPs over a budget sweep -> frontier.json/.csv/.svg")
     s.add_argument("profile", help="profile.json from `hawq profile`")
     s.add_argument("--axis", choices=["weight", "bops"], default="weight", help="the limit swept (default weight)")
-    s.add_argument("--points", type=int, default=50, help="limits swept (default 50)")
+    s.add_argument("--points", type=_at_least(2), default=50, help="limits swept (default 50)")
     _limit_options(s, "other limits held fixed during the sweep (not on the swept axis)")
     _candidate_options(s)
     s.add_argument("--plan", help="plan.json to highlight (e.g. the one you deploy)")
@@ -334,10 +380,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("recipe", nargs="?", help=rec_help)
     s.add_argument("--target", choices=["ort-cpu"], default="ort-cpu", help="runtime (default ort-cpu)")
     s.add_argument("--bits", type=_bits, help="weight bits to time (default: the recipe's candidates)")
-    s.add_argument("--a-bits", type=int, default=8, help="activation bits (default 8)")
-    s.add_argument("--batch", type=int, default=1, help="batch size timed (default 1)")
-    s.add_argument("--repeats", type=int, default=30, help="timed runs per entry; the median is kept (default 30)")
-    s.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+    s.add_argument("--a-bits", type=_width, default=8, help="activation bits (default 8)")
+    s.add_argument("--batch", type=_positive(int), default=1, help="batch size timed (default 1)")
+    s.add_argument("--repeats", type=_positive(int), default=30, help="timed runs per entry; the median is kept (default 30)")
+    s.add_argument("--threads", type=_positive(int), default=1, help="ONNX Runtime threads (default 1)")
     s.add_argument("--out", default="latency.json", help="the table; reused when machine, runtime, model and "
                    "settings match (default latency.json)")
     s.set_defaults(fn=cmd_latency)

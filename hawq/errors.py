@@ -6,8 +6,8 @@ class HawqError(Exception):
     """Base class: the message says what went wrong and what to do."""
 
 
-class ConfigError(HawqError):
-    """A bad recipe, option or argument."""
+class ConfigError(HawqError, ValueError):
+    """A bad recipe, option or argument (a ValueError too, as Python's own checks raise)."""
 
 
 class DataError(HawqError):
@@ -26,7 +26,7 @@ class NumericalError(HawqError):
     """A NaN or infinite loss or result."""
 
 
-class UnsupportedModelError(HawqError):
+class UnsupportedModelError(HawqError, TypeError):
     """A model or layer hawq cannot handle."""
 
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from . import data as D
-from .artifacts import fingerprint_tensors
+from .artifacts import atomic_path, fingerprint_tensors
 from .errors import ArtifactError, ConfigError, DataError, NumericalError
 from .rewrite import QuantLayer, quant_layers
 
@@ -228,19 +226,6 @@ def cosine_schedule(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_sc
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, steps) / max(steps, 1))))
 
 
-def _atomic_save(obj: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _load_checkpoint(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     if not path.exists():
         return None
@@ -312,9 +297,10 @@ def finetune(qmodel: nn.Module, train_data: StepData | Sequence[Batch], *, steps
         m.enable_qat()
 
     def save(step: int) -> None:
-        _atomic_save({"format": CHECKPOINT_FORMAT, "settings": settings, "step": step, "losses": losses,
-                      "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                      "rng": torch.get_rng_state()}, path)
+        with atomic_path(path) as tmp:
+            torch.save({"format": CHECKPOINT_FORMAT, "settings": settings, "step": step, "losses": losses,
+                        "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "rng": torch.get_rng_state()}, tmp)
 
     bar = tqdm(total=steps, initial=start, desc="finetune", unit="step", disable=not progress)
     try:

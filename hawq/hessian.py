@@ -25,7 +25,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 from tqdm.auto import tqdm
 
-from .errors import NumericalError
+from .errors import ArtifactError, ConfigError, NumericalError
 
 log = logging.getLogger(__name__)
 # hvp(V): V is a list (one per weight) of k stacked probes [k, *shape]; returns H·V likewise.
@@ -83,6 +83,9 @@ class TraceState:
 
 def _loss(model, loss_fn, x, y) -> torch.Tensor:
     loss = loss_fn(model(x), y)
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ConfigError(f"loss_fn must return one scalar tensor, got {shape}; reduce it (e.g. reduction='mean')")
     if not torch.isfinite(loss):
         raise NumericalError(f"the loss is {loss.item()} on a profiling batch; check the model, data and loss function")
     return loss
@@ -309,7 +312,7 @@ class ActivationTaps:
         mods = dict(model.named_modules())
         missing = [n for n in shapes if n not in mods]
         if missing:
-            raise ValueError(f"no modules named {missing} in the model")
+            raise ConfigError(f"no modules named {missing} in the model")
         self.mods = [mods[n] for n in shapes]
         self.shapes = [tuple(s) for s in shapes.values()]
         self.dtype = next(model.parameters()).dtype
@@ -343,7 +346,7 @@ def activation_traces(
     ones ("auto" picks between them); other keywords as in hutchinson_traces."""
     engines = ENGINES[:2]
     if engine not in engines + ("auto",):
-        raise ValueError(f"activation traces need engine 'auto' or one of {engines}, not {engine!r}")
+        raise ConfigError(f"activation traces need engine 'auto' or one of {engines}, not {engine!r}")
     taps = ActivationTaps(model, shapes)
     return _estimate(model, loss_fn, batches, list(shapes), taps.attached, engines, engine=engine,
                      desc="activation probes", **kw)
@@ -356,7 +359,7 @@ def _estimate(model, loss_fn, batches, names: list[str], probed, engines: Sequen
     """The Hutchinson loop shared by weights and activations. `probed(x)`: a context manager
     yielding the tensors (one per name) whose Hessian blocks are probed on batch x."""
     if max_probes < 2:
-        raise ValueError("max_probes must be at least 2 to estimate a standard error")
+        raise ConfigError(f"max_probes must be an integer of at least 2 to estimate a standard error, not {max_probes!r}")
     importance = dict(importance or {})
     k = probes_per_batch
     per_round = len(batches) * k
@@ -364,11 +367,11 @@ def _estimate(model, loss_fn, batches, names: list[str], probed, engines: Sequen
         with probed(batches[0][0]) as params:
             engine = pick_engine(model, loss_fn, batches[0], params, k, engines)
     elif engine not in _ENGINE_FNS:
-        raise ValueError(f"engine must be 'auto' or one of {ENGINES}, not {engine!r}")
+        raise ConfigError(f"engine must be 'auto' or one of {ENGINES}, not {engine!r}")
     make = _ENGINE_FNS[engine]
     state = state or TraceState(names)
     if state.names != names:
-        raise ValueError("the checkpoint was made for other layers")
+        raise ArtifactError("the checkpoint was made for other layers; delete it or profile the same layers")
     rank, n_proc = world()
     max_rounds = max(1, math.ceil(max_probes / per_round))
     min_rounds = max(1, math.ceil(min_probes / per_round))

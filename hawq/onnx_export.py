@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -33,7 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from . import cpu, quant
-from .artifacts import write_json
+from .artifacts import atomic_path, write_json
 from .errors import ConfigError, UnsupportedModelError, VerificationError
 from .legalize import BASE_OPSET, CONTAINER_BITS, INT2_OPSET, ORT_INT8, Change, LayerSpec, Legalized, container_for, legalize
 from .onnx_verify import Verification, verify_onnx
@@ -158,14 +157,8 @@ def export_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path
     infos = _insert_qdq(proto, legal, layers)
     check_scale_shapes(proto)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        onnx.save_model(proto, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the model is an ordinary file
+    with atomic_path(path) as tmp:  # renamed onto path only once verified
+        onnx.save_model(proto, str(tmp))
         report = ExportReport(
             path=str(path), target=target, opset=legal.opset, file_bytes=os.path.getsize(tmp),
             weight_bytes=sum(l.weight_bytes for l in infos), scale_bytes=sum(l.scale_bytes for l in infos),
@@ -178,15 +171,11 @@ def export_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path
                                     f"{report.packed_weight_bytes}; a container was not packed")
         if verify:
             inputs = example_input if verify_inputs is None else verify_inputs
-            report.verification = verify_onnx(tmp, legal.model, inputs, min_top1=min_top1, min_cosine=min_cosine,
+            report.verification = verify_onnx(str(tmp), legal.model, inputs, min_top1=min_top1, min_cosine=min_cosine,
                                               max_frac_off=max_frac_off, max_diff_vs_quant_error=max_diff_vs_quant_error,
                                               plan_model=qmodel if any(c.layer != "*" for c in legal.changes) else None)
             for l in infos:
                 l.ort_kernel = report.verification.kernels.get(l.name, "")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     write_json(path.parent / "verify.json", report.to_dict())
     return report
 

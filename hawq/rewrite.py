@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from . import quant
 from .cpu import exact_code_bits
-from .errors import ArtifactError, DataError
+from .errors import ArtifactError, ConfigError, DataError, UnsupportedModelError
 from .graph import QUANTIZABLE
 
 log = logging.getLogger(__name__)
@@ -80,14 +80,14 @@ class QuantLayer(nn.Module):
                  a_symmetric: bool = False, w_code_bits: int | None = None) -> None:
         super().__init__()
         if not isinstance(fp, QUANTIZABLE):
-            raise TypeError(f"cannot quantize {type(fp).__name__}")
+            raise UnsupportedModelError(f"cannot quantize {type(fp).__name__}")
         if not (2 <= int(a_bits) <= 16 or int(a_bits) == WEIGHT_ONLY):
-            raise ValueError(f"activation bits must be in 2..16 or {WEIGHT_ONLY} (weight-only), not {a_bits}")
+            raise ConfigError(f"activation bits must be in 2..16 or {WEIGHT_ONLY} (weight-only), not {a_bits}")
         self.fp = copy.deepcopy(fp)
         self.w_bits, self.a_bits, self.weight_method = int(w_bits), int(a_bits), weight_method
         self.a_symmetric = bool(a_symmetric)
         if w_code_bits is not None and not 2 <= int(w_code_bits) < self.w_bits:
-            raise ValueError(f"w_code_bits must be in 2..{self.w_bits - 1}, not {w_code_bits}")
+            raise ConfigError(f"w_code_bits must be in 2..{self.w_bits - 1}, not {w_code_bits}")
         self.w_code_bits = None if w_code_bits is None else int(w_code_bits)
         self.a_lo, self.a_hi = 0.0, 0.0  # the calibrated input range
         w_fq, q, scale = quant.fake_quant_weight(self.fp.weight, self.code_bits, weight_method)
@@ -213,7 +213,7 @@ def as_assignment(plan) -> dict[str, tuple[int, int]]:
         return dict(plan.assignment())
     if isinstance(plan, Mapping):
         return {n: (v, 8) if isinstance(v, int) else (int(v[0]), int(v[1])) for n, v in plan.items()}
-    raise TypeError(f"expected a hawq Plan or a mapping of layer name -> bits, not {type(plan).__name__}")
+    raise ConfigError(f"expected a hawq Plan or a mapping of layer name -> bits, not {type(plan).__name__}")
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from torch import nn
 
 from . import quant
 from .artifacts import fingerprint_obj, fingerprint_tensors, read_json, write_json
-from .errors import ArtifactError, DataError
+from .errors import ArtifactError, ConfigError, DataError
 from .graph import trace_layers
 from .hessian import TraceResult, TraceState, activation_traces, choose_k, hutchinson_traces, world
 from .rewrite import fold_bn
@@ -194,9 +194,14 @@ def profile(
         raise DataError("profile data is empty; give at least one (input, target) batch")
     if probes_per_batch != "auto" and (isinstance(probes_per_batch, bool) or not isinstance(probes_per_batch, int)
                                        or probes_per_batch < 1):
-        raise ValueError(f"probes_per_batch must be a positive integer or 'auto', not {probes_per_batch!r}")
+        raise ConfigError(f"probes_per_batch must be a positive integer or 'auto', not {probes_per_batch!r}")
+    if isinstance(max_probes, bool) or not isinstance(max_probes, int) or max_probes < 2:
+        raise ConfigError(f"max_probes must be an integer of at least 2 to estimate a standard error, not {max_probes!r}")
+    if isinstance(rel_tol, bool) or not (isinstance(rel_tol, (int, float)) and 0 <= rel_tol < math.inf):
+        raise ConfigError(f"rel_tol must be a number >= 0 (a relative standard error, e.g. 0.05; 0: run to "
+                          f"max_probes), not {rel_tol!r}")
     if omega_trace not in OMEGA_TRACES:
-        raise ValueError(f"omega_trace must be one of {', '.join(OMEGA_TRACES)}, not {omega_trace!r}")
+        raise ConfigError(f"omega_trace must be one of {', '.join(OMEGA_TRACES)}, not {omega_trace!r}")
     settings = {"rel_tol": rel_tol, "max_probes": max_probes, "min_probes": min_probes, "seed": seed,
                 "probes_per_batch": probes_per_batch, "weight_method": weight_method, "bits": list(bits)}
     if omega_trace != "mean":  # profiles made before the choice existed used the mean: their caches still match
