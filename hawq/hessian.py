@@ -25,7 +25,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 from tqdm.auto import tqdm
 
-from .errors import ArtifactError, ConfigError, NumericalError
+from .errors import ArtifactError, ConfigError, NumericalError, UnsupportedModelError
 
 log = logging.getLogger(__name__)
 # hvp(V): V is a list (one per weight) of k stacked probes [k, *shape]; returns H·V likewise.
@@ -169,13 +169,14 @@ def pick_engine(model, loss_fn, batch, params, k: int, engines: Sequence[str] = 
                     _ENGINE_FNS[name](model, loss_fn, x, y, params)(vs)
                     runs.append(time.perf_counter() - t)
                 times[name] = min(runs)
-        except NumericalError:
+        except (NumericalError, ConfigError):  # the model or loss is at fault, not the engine
             raise
         except Exception as e:  # noqa: BLE001 — report and fall back to the next engine
             log.warning("HVP engine %s unavailable for this model: %s: %s", name, e.__class__.__name__,
                         str(e).splitlines()[0] if str(e) else "")
     if not times:
-        raise RuntimeError("no HVP engine works for this model (see the warnings above)")
+        raise UnsupportedModelError(f"no HVP engine works for this model ({', '.join(engines)} failed; see the "
+                                    "warnings above): it needs double-backward or forward-mode rules for its ops")
     best = min(times, key=times.get)
     log.info("HVP engine: %s (%s)", best, ", ".join(f"{n} {t:.3f}s" for n, t in times.items()))
     return best

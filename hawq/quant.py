@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError
-
 WEIGHT_METHODS = ("minmax", "mse")
+MIN_BITS, MAX_BITS = 2, 16  # the widths these quantizers take, weights and activations alike
 
 
 def weight_qmax(bits: int) -> int:
-    if not 2 <= bits <= 16:
-        raise ConfigError(f"weight bits must be in 2..16, not {bits}")
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"weight bits must be in 2..16, not {bits}")
     return 2 ** (bits - 1) - 1
 
 
@@ -34,7 +33,7 @@ def weight_scale(w: torch.Tensor, bits: int, method: str = "mse", grid: int = 40
     """Per-output-channel scale. 'minmax': max|w|/qmax. 'mse': the clipping of max|w| (searched
     over `grid` ratios from 1.0 down to 0.2) that minimises the channel's squared error."""
     if method not in WEIGHT_METHODS:
-        raise ConfigError(f"weight method must be one of {WEIGHT_METHODS}, not {method!r}")
+        raise ValueError(f"weight method must be one of {WEIGHT_METHODS}, not {method!r}")
     w = w.detach()
     qmax = weight_qmax(bits)
     amax = _channel_amax(w).clamp_min(1e-12)
@@ -69,8 +68,8 @@ def weight_sq_error(w: torch.Tensor, bits: int, method: str = "mse") -> float:
 
 def act_qparams(lo: float, hi: float, bits: int = 8) -> tuple[float, int, int, int]:
     """(scale, zero_point, qmin, qmax) of an unsigned affine quantizer covering [lo, hi] ∪ {0}."""
-    if not 2 <= bits <= 16:
-        raise ConfigError(f"activation bits must be in 2..16, not {bits}")
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"activation bits must be in 2..16, not {bits}")
     qmax = 2**bits - 1
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = max(hi - lo, 1e-8) / qmax
@@ -81,8 +80,8 @@ def act_qparams(lo: float, hi: float, bits: int = 8) -> tuple[float, int, int, i
 def symmetric_act_qparams(lo: float, hi: float, bits: int = 8) -> tuple[float, int, int, int]:
     """(scale, 0, qmin, qmax) of a signed symmetric quantizer covering [lo, hi] (what TensorRT takes):
     scale = max(|lo|, |hi|) / (2^(b-1) - 1), range [-2^(b-1), 2^(b-1) - 1] as ONNX int8 saturates."""
-    if not 2 <= bits <= 16:
-        raise ConfigError(f"activation bits must be in 2..16, not {bits}")
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"activation bits must be in 2..16, not {bits}")
     qmax = 2 ** (bits - 1) - 1
     return max(abs(lo), abs(hi), 1e-8) / qmax, 0, -qmax - 1, qmax
 

@@ -176,8 +176,14 @@ def _data_folder(da: dict, model: str, family: str) -> str:
     return _get(da, "folder", str, "embedded", "data")
 
 
-def _budgets(so: dict) -> tuple[dict[str, float], ...]:
-    budgets = so.get("budgets", [{"uniform_bits": 8}, {"uniform_bits": 4}, {"uniform_bits": 3}])
+def _default_budgets(profile_bits: tuple[int, ...]) -> list[dict[str, float]]:
+    """Uniform 8, 4 and 3 bits, those of them profiled; else the three widest profiled widths."""
+    widths = [b for b in (8, 4, 3) if b in profile_bits] or sorted(set(profile_bits), reverse=True)[:3]
+    return [{"uniform_bits": b} for b in widths]
+
+
+def _budgets(so: dict, profile_bits: tuple[int, ...]) -> tuple[dict[str, float], ...]:
+    budgets = so.get("budgets", _default_budgets(profile_bits))
     if not isinstance(budgets, list) or not budgets:
         raise ConfigError(f"solve.budgets must be a non-empty list like [{{uniform_bits = 4}}], not {budgets!r}")
     for b in budgets:
@@ -206,6 +212,12 @@ def load_recipe(path: str | Path) -> Recipe:
     name = d.get("name", p.stem)
     if not isinstance(name, str) or not name:
         raise ConfigError(f"recipe {p}: name must be a non-empty string, not {name!r}")
+    profile_bits = _get(pr, "bits", tuple, (2, 3, 4, 8), "profile")
+    _check_widths(profile_bits, "profile.bits")
+    # without a [solve] choice, candidates and budgets follow the profiled widths
+    candidates = _get(so, "candidates", tuple, tuple(b for b in (2, 4, 8) if b in profile_bits) or profile_bits, "solve")
+    _check_widths(candidates, "solve.candidates")
+    budgets = _budgets(so, profile_bits)
     r = Recipe(
         name=name,
         model=model,
@@ -214,23 +226,28 @@ def load_recipe(path: str | Path) -> Recipe:
         n_calibration=_get(da, "calibration", int, 1000, "data"),
         n_evaluation=_get(da, "evaluation", int, 0, "data"),
         batch_size=_get(da, "batch_size", int, 200, "data"),
-        profile_bits=_get(pr, "bits", tuple, (2, 3, 4, 8), "profile"),
+        profile_bits=profile_bits,
         rel_tol=_number(pr, "rel_tol", 0.05, "profile"),
         max_probes=_get(pr, "max_probes", int, 64, "profile"),
         probes_per_batch=_get(pr, "probes_per_batch", int, 1, "profile"),
         seed=_get(pr, "seed", int, 0, "profile"),
         engine=_choice(pr, "engine", ("auto", *ENGINES), "auto", "profile"),
         omega_trace=_choice(pr, "omega_trace", OMEGA_TRACES, "upper", "profile"),
-        candidates=_get(so, "candidates", tuple, (2, 4, 8), "solve"),
-        budgets=_budgets(so),
+        candidates=candidates,
+        budgets=budgets,
         pin_first_last=_get(so, "pin_first_last", bool, True, "solve"),
-        export_budget=_get(ex, "budget_index", int, 1, "export"),
+        export_budget=_get(ex, "budget_index", int, min(1, len(budgets) - 1), "export"),
         opset=_get(ex, "opset", int, 21, "export"),
         target=_choice(ex, "target", TARGETS, "ort", "export"),
         int8=_choice(ex, "int8", ORT_INT8, ORT_INT8[0], "export"),
     )
     _check(r)
     return r
+
+
+def _check_widths(bits: tuple, key: str) -> None:
+    if not all(2 <= b <= 16 for b in bits):  # _get has checked it is a non-empty list of integers
+        raise ConfigError(f"{key} must be widths in 2..16 like [2, 4, 8], not {list(bits)}")
 
 
 def _check(r: Recipe) -> None:

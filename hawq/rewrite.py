@@ -81,8 +81,13 @@ class QuantLayer(nn.Module):
         super().__init__()
         if not isinstance(fp, QUANTIZABLE):
             raise UnsupportedModelError(f"cannot quantize {type(fp).__name__}")
-        if not (2 <= int(a_bits) <= 16 or int(a_bits) == WEIGHT_ONLY):
-            raise ConfigError(f"activation bits must be in 2..16 or {WEIGHT_ONLY} (weight-only), not {a_bits}")
+        lo, hi = quant.MIN_BITS, quant.MAX_BITS
+        if not lo <= int(w_bits) <= hi:
+            raise ConfigError(f"weight bits must be in {lo}..{hi}, not {w_bits}")
+        if not (lo <= int(a_bits) <= hi or int(a_bits) == WEIGHT_ONLY):
+            raise ConfigError(f"activation bits must be in {lo}..{hi} or {WEIGHT_ONLY} (weight-only), not {a_bits}")
+        if weight_method not in quant.WEIGHT_METHODS:
+            raise ConfigError(f"weight_method must be one of {', '.join(quant.WEIGHT_METHODS)}, not {weight_method!r}")
         self.fp = copy.deepcopy(fp)
         self.w_bits, self.a_bits, self.weight_method = int(w_bits), int(a_bits), weight_method
         self.a_symmetric = bool(a_symmetric)

@@ -145,6 +145,18 @@ def omega_table(trace: float, sq_error: dict[int, float], params: int) -> dict[i
     return {b: max(trace, 0.0) / params * e for b, e in sq_error.items()}
 
 
+def _widths(bits: Iterable[int], what: str) -> tuple[int, ...]:
+    """`bits` as sorted unique ints, each a width the quantizers take; ConfigError otherwise."""
+    try:
+        out = tuple(sorted({int(b) for b in bits}))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be integer widths like (2, 4, 8), not {bits!r}") from None
+    bad = [b for b in out if not quant.MIN_BITS <= b <= quant.MAX_BITS]
+    if bad:
+        raise ConfigError(f"{what} {bad} out of range: widths must be in {quant.MIN_BITS}..{quant.MAX_BITS}")
+    return out
+
+
 def profile(
     model: nn.Module,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -186,9 +198,9 @@ def profile(
     sizes up by 4.4 to 8.9 points; on ResNet-20, whose traces are well resolved, no plan changed.
     """
     t0 = time.time()
-    bits = tuple(sorted({int(b) for b in bits}))
-    for b in bits:
-        quant.weight_qmax(b)
+    bits, a_bits = _widths(bits, "bits"), _widths(a_bits, "a_bits")
+    if not bits:
+        raise ConfigError("bits must name at least one weight width, e.g. (2, 4, 8)")
     batches = [(x.to(device), y.to(device)) for x, y in data]
     if not batches or sum(len(y) for _, y in batches) == 0:
         raise DataError("profile data is empty; give at least one (input, target) batch")
@@ -206,10 +218,7 @@ def profile(
                 "probes_per_batch": probes_per_batch, "weight_method": weight_method, "bits": list(bits)}
     if omega_trace != "mean":  # profiles made before the choice existed used the mean: their caches still match
         settings["omega_trace"] = omega_trace
-    a_bits = tuple(sorted({int(b) for b in a_bits}))
     if a_bits:  # only then: profiles of weights alone keep their fingerprints
-        for b in a_bits:
-            quant.act_qparams(0.0, 1.0, b)
         settings.update(a_bits=list(a_bits), act_symmetric=act_symmetric)
     fingerprints = {
         "weights": fingerprint_tensors(dict(model.state_dict())),
