@@ -10,6 +10,7 @@ import torch
 
 WEIGHT_METHODS = ("minmax", "mse")
 MIN_BITS, MAX_BITS = 2, 16  # the widths these quantizers take, weights and activations alike
+WEIGHT_ONLY = 32  # a_bits value meaning "the input stays float" (weight-only quantization)
 
 
 def weight_qmax(bits: int) -> int:

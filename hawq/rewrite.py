@@ -57,7 +57,7 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
-WEIGHT_ONLY = 32  # a_bits value meaning "the input stays float" (weight-only quantization)
+WEIGHT_ONLY = quant.WEIGHT_ONLY
 
 
 class QuantLayer(nn.Module):
@@ -243,6 +243,13 @@ def quantize(model: nn.Module, plan, data: Iterable, weight_method: str = "mse",
     if missing:
         raise ArtifactError(f"the plan names layers this model lacks or cannot quantize: {', '.join(missing[:5])}; "
                             "was the plan made for another model?")
+    left = [n for n, m in mods.items() if isinstance(m, QUANTIZABLE) and n not in assign]
+    if hasattr(plan, "assignment") and left:  # a Plan's totals count every layer; a mapping may name a few
+        raise ArtifactError(f"the plan leaves {len(left)} quantizable layer(s) of this model out ({', '.join(left[:5])}"
+                            "), so its size and label would be wrong; solve again with a profile of this model")
+    for name, m in mods.items():
+        if name in assign and not bool(torch.isfinite(m.weight).all()):
+            raise DataError(f"layer {name} has non-finite weights (NaN or inf); check the checkpoint")
     for name, (wb, ab) in assign.items():
         codes = reduced_code_bits(wb, ab, act_symmetric) if reduce_range else wb
         _set_module(folded, name, QuantLayer(mods[name], wb, ab, weight_method, act_symmetric,

@@ -113,14 +113,16 @@ class Profile:
                 )
                 for l in d["layers"]
             )
-            return cls(
+            prof = cls(
                 layers=layers, bits=tuple(int(b) for b in d["bits"]), groups=tuple(tuple(g) for g in d.get("groups", ())),
                 unconverged=tuple(d.get("unconverged", ())), fingerprints=dict(d.get("fingerprints", {})),
                 settings=dict(d.get("settings", {})), seconds=float(d.get("seconds", 0.0)),
                 residual=tuple(tuple(g) for g in d.get("residual", ())),
                 act_bits=tuple(int(b) for b in d.get("act_bits", ())),
             )
-        except (KeyError, TypeError, ValueError) as e:
+            _check_loaded(prof)
+            return prof
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ArtifactError(f"malformed profile ({e.__class__.__name__}: {e}); regenerate it with `hawq profile`") from e
 
     def save(self, path: str | Path) -> Path:
@@ -129,6 +131,23 @@ class Profile:
     @classmethod
     def load(cls, path: str | Path) -> "Profile":
         return cls.from_dict(read_json(path, FORMAT, VERSION))
+
+
+def _check_loaded(prof: "Profile") -> None:
+    """ValueError if a loaded profile holds values no profile run can give (e.g. edited by hand):
+    widths out of range, counts below 1, negative or non-finite Ω, a width without its Ω."""
+    _widths(prof.bits, "bits")
+    _widths(prof.act_bits, "act_bits")
+    names = [l.name for l in prof.layers]
+    if not names or len(set(names)) != len(names):
+        raise ValueError("layers must be non-empty with unique names")
+    for l in prof.layers:
+        if l.params < 1 or l.macs < 0:
+            raise ValueError(f"layer {l.name}: params {l.params} and macs {l.macs} must be at least 1 and 0")
+        for what, table, need in (("omega", l.omega, prof.bits), ("act_omega", l.act_omega, prof.act_bits)):
+            if not set(need) <= set(table) or not all(0 <= v < math.inf for v in table.values()):
+                raise ValueError(f"layer {l.name}: {what} must give a finite value >= 0 at each of {list(need)}, "
+                                 f"not {table}")
 
 
 OMEGA_TRACES = ("upper", "mean")

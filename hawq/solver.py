@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
 import pulp
 
+from . import quant
 from .artifacts import fingerprint_obj, read_json, write_json
 from .errors import ArtifactError, ConfigError, InfeasibleBudgetError
 
@@ -849,6 +850,14 @@ def _check_consistent(plan: Plan, d: Mapping[str, Any]) -> None:
     names = [l.name for l in plan.layers]
     if not names or len(set(names)) != len(names):
         raise ValueError("layers must be non-empty with unique names")
+    for l in plan.layers:
+        lo, hi = quant.MIN_BITS, quant.MAX_BITS
+        if not (lo <= l.w_bits <= hi and (lo <= l.a_bits <= hi or l.a_bits == quant.WEIGHT_ONLY) and l.params >= 1):
+            raise ValueError(f"layer {l.name}: W{l.w_bits}A{l.a_bits} with {l.params} params; widths must be in "
+                             f"{lo}..{hi} (a_bits {quant.WEIGHT_ONLY}: weight-only) and params at least 1")
+        if plan.candidates and not l.pinned and (l.w_bits, l.a_bits) not in plan.candidates:
+            raise ValueError(f"layer {l.name}: W{l.w_bits}A{l.a_bits} is not among the plan's candidates "
+                             f"{[list(c) for c in plan.candidates]}")
     total = sum(l.params * l.w_bits for l in plan.layers)
     if -(-total // 8) != plan.weight_bytes:
         raise ValueError(f"weight_bytes {plan.weight_bytes} does not match its layers ({-(-total // 8)})")
