@@ -11,7 +11,9 @@ from .models import load_default_model, resnet20
 from .legalize import LegalizationWarning, legalize
 from .onnx_export import ExportReport, export_onnx
 from .onnx_verify import ort_session
-from .pipeline import RunResult, load_data, load_model, run_recipe, table
+from .artifacts import check_output
+from .pipeline import RunResult, build_arch, load_data, load_model, recipe_arch, run_recipe, table
+from .qmodel import QModelFile, load_qmodel, save_qmodel
 from .recipe import Recipe, default_recipe, load_recipe
 from .rewrite import fold_bn, quantize
 from .finetune import FinetuneResult, ShuffledBatches, finetune, train_split_batches
@@ -28,6 +30,7 @@ __all__ = [
     "FinetuneResult", "ShuffledBatches", "finetune", "train_split_batches",
     "Frontier", "LatencyTable", "alternatives", "frontier_summary", "guarded_solve", "measure_latency", "pareto", "sweep", "uniform_plans_within",
     "Budget", "ExportReport", "HawqError", "LayerChoice", "LegalizationWarning", "LayerProfile", "Plan", "Profile", "Recipe", "RunResult",
+    "QModelFile", "build_arch", "check_output", "load_qmodel", "recipe_arch", "save_qmodel",
     "default_recipe", "evaluate", "export_onnx", "fold_bn", "load_data", "load_default_model", "load_model",
     "legalize", "load_recipe", "ort_session", "profile", "quantize", "resnet20", "run_recipe", "solve", "table", "uniform_plan",
 ]

@@ -14,7 +14,6 @@ import torch.distributed as dist
 from torch.nn import functional as F
 
 import hawq
-from hawq.artifacts import atomic_path, check_output
 from hawq.legalize import ORT_INT8
 
 
@@ -87,7 +86,7 @@ def _or(value, default):
 
 
 def cmd_profile(a) -> None:
-    check_output(a.out)
+    hawq.check_output(a.out)
     r = _recipe(a.recipe)
     model, (batches, _) = hawq.load_model(r), hawq.load_data(r)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # under torchrun
@@ -108,7 +107,7 @@ def cmd_profile(a) -> None:
 
 
 def cmd_solve(a) -> None:
-    check_output(a.out)
+    hawq.check_output(a.out)
     prof = hawq.Profile.load(a.profile)
     ties = _ties(a)
     latency = hawq.LatencyTable.load(a.latency).ms if a.latency else None
@@ -149,14 +148,13 @@ def _first_last(prof: hawq.Profile) -> dict[str, int]:
 
 
 def cmd_quantize(a) -> None:
-    check_output(a.out)
+    hawq.check_output(a.out)
     r = _recipe(a.recipe)
     model, (batches, ev) = hawq.load_model(r), hawq.load_data(r)
     plan = hawq.Plan.load(a.plan)
     q = hawq.quantize(model, plan, batches, reduce_range=a.reduce_range or r.reduce_range)
     acc, loss = hawq.evaluate(q, ev)
-    with atomic_path(a.out) as tmp:
-        torch.save({"model": q, "inputs": batches[0][0], "plan": plan.to_dict()}, tmp)
+    hawq.save_qmodel(a.out, q, batches[0][0], hawq.recipe_arch(r), plan.to_dict())
     print(f"{plan.label}: accuracy {acc:.4f} (loss {loss:.4f}) on {len(ev)} images -> {a.out}")
 
 
@@ -196,9 +194,9 @@ def _train_batches(a, r: hawq.Recipe, batches) -> hawq.ShuffledBatches:
 
 
 def cmd_finetune(a) -> None:
-    check_output(a.out)
+    hawq.check_output(a.out)
     if a.checkpoint:
-        check_output(a.checkpoint)
+        hawq.check_output(a.checkpoint)
     r = _recipe(a.recipe)
     plan = hawq.Plan.load(a.plan)
     model, (batches, ev) = hawq.load_model(r), hawq.load_data(r)
@@ -213,8 +211,7 @@ def cmd_finetune(a) -> None:
                         checkpoint_every=a.checkpoint_every, seed=r.seed if a.seed is None else a.seed,
                         progress=not a.quiet)
     acc1, loss1 = hawq.evaluate(res.model, ev)
-    with atomic_path(a.out) as tmp:
-        torch.save({"model": res.model, "inputs": batches[0][0], "plan": plan.to_dict(), "finetune": res.summary()}, tmp)
+    hawq.save_qmodel(a.out, res.model, batches[0][0], hawq.recipe_arch(r), plan.to_dict(), {"finetune": res.summary()})
     gap = fp_acc - acc0
     recovered = f", {100 * (acc1 - acc0) / gap:.0f}% of the gap to fp32 recovered" if gap > 0 else ""
     resumed = "" if res.resumed_from is None else f", resumed from step {res.resumed_from}"
@@ -223,15 +220,10 @@ def cmd_finetune(a) -> None:
 
 
 def cmd_export(a) -> None:
-    check_output(a.out)
-    check_output(Path(a.out).parent / "verify.json")
-    try:
-        blob = torch.load(a.qmodel, map_location="cpu", weights_only=False)
-        q, x = blob["model"], blob["inputs"]
-    except FileNotFoundError:
-        raise hawq.HawqError(f"{a.qmodel} not found; make it with `hawq quantize --plan PLAN --out {a.qmodel}`")
-    except Exception as e:
-        raise hawq.HawqError(f"{a.qmodel} is not a hawq quantized model ({e.__class__.__name__}); make it with `hawq quantize`")
+    hawq.check_output(a.out)
+    hawq.check_output(Path(a.out).parent / "verify.json")
+    f = hawq.load_qmodel(a.qmodel, build=hawq.build_arch)
+    q, x = f.model, f.inputs
     rep = hawq.export_onnx(q, x[:1], a.out, target=a.target, verify=not a.no_verify, opset=a.opset, verify_inputs=x,
                           int8=a.int8)
     print(rep.summary())
@@ -242,7 +234,7 @@ def cmd_export(a) -> None:
 
 
 def cmd_pareto(a) -> None:
-    check_output(a.out, folder=True)
+    hawq.check_output(a.out, folder=True)
     prof = hawq.Profile.load(a.profile)
     limits = _limits(a)
     chosen = hawq.Plan.load(a.plan) if a.plan else None
@@ -258,7 +250,7 @@ def cmd_pareto(a) -> None:
 
 
 def cmd_latency(a) -> None:
-    check_output(a.out)
+    hawq.check_output(a.out)
     r = _recipe(a.recipe)
     model, (batches, _) = hawq.load_model(r), hawq.load_data(r)
     bits = a.bits or r.candidates
@@ -277,12 +269,12 @@ def cmd_run(a) -> None:
     if a.target and a.target != r.target:
         r = replace(r, name=f"{r.name}-{a.target}", target=a.target)
     r = r.smoke() if a.smoke else r
-    out = check_output(a.out or f"out/{r.name}", folder=True)
+    out = hawq.check_output(a.out or f"out/{r.name}", folder=True)
     _print_run(hawq.run_recipe(r, out, progress=not a.quiet, guard=not a.no_guard), str(out))
 
 
 def cmd_demo(a) -> None:
-    check_output(a.out, folder=True)
+    hawq.check_output(a.out, folder=True)
     _print_run(hawq.run_recipe(hawq.default_recipe(), a.out, progress=not a.quiet, guard=not a.no_guard), a.out)
 
 

@@ -230,7 +230,7 @@ def _load_checkpoint(path: Path, settings: dict[str, Any]) -> dict[str, Any] | N
     if not path.exists():
         return None
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = torch.load(path, map_location="cpu", weights_only=True)  # data only: a checkpoint never runs code
     except Exception as e:
         raise ArtifactError(f"checkpoint {path} cannot be read ({e.__class__.__name__}); delete it to start over") from e
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:

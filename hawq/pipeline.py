@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from . import data as D
 from .artifacts import write_json
+from .errors import ArtifactError
 from .frontier import Frontier, pareto
 from .guard import GuardCache, guarded_solve, quantize_plan
 from . import zoo
@@ -73,6 +74,25 @@ def load_model(recipe: Recipe) -> torch.nn.Module:
         return zoo.seeded(BUILDERS[recipe.model], recipe.seed).eval()
     path = checkpoint_path(recipe.model) if recipe.checkpoint == "embedded" else Path(recipe.checkpoint)
     return load_checkpoint(BUILDERS[recipe.model](), path)
+
+
+def recipe_arch(recipe: Recipe) -> dict[str, str]:
+    """The recipe's architecture by name, as a quantized-model file records it (see build_arch)."""
+    return {"name": recipe.model, "family": recipe.family}
+
+
+def build_arch(arch: dict[str, str]) -> torch.nn.Module:
+    """The float model of a recorded architecture, with random weights (a file's state replaces them).
+
+    arch: {"name": ..., "family": "embedded" | "torchvision"}, from recipe_arch.
+    """
+    name, family = arch.get("name"), arch.get("family")
+    if family == "embedded" and name in BUILDERS:
+        return zoo.seeded(BUILDERS[name], 0).eval()
+    if family == "torchvision" and name in zoo.MODELS:
+        return zoo.build(name, "random")
+    raise ArtifactError(f"unknown architecture {arch!r}; a file made by `hawq quantize` names an embedded model "
+                        f"({', '.join(BUILDERS)}) or a torchvision one ({', '.join(zoo.MODELS)})")
 
 
 def load_data(recipe: Recipe):

@@ -227,7 +227,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(tiny, tmp_path, opti
     ck = tmp_path / "run.ckpt"
     with pytest.raises(_Killed):
         finetune(q, _DiesAt(data, 9), checkpoint=ck, checkpoint_every=4, **kw)
-    assert torch.load(ck, weights_only=False)["step"] == 8
+    assert torch.load(ck, weights_only=True)["step"] == 8
     assert not [p for p in tmp_path.iterdir() if p.name != "run.ckpt"]  # no temp file left behind
     resumed = finetune(q, data, checkpoint=ck, checkpoint_every=4, **kw)
     assert resumed.resumed_from == 8 and resumed.steps == 11
@@ -246,7 +246,7 @@ def test_a_resume_without_the_restored_state_would_differ(tiny, tmp_path):
     model, q, data = tiny
     full = finetune(q, data, steps=10, lr=0.02)
     part = finetune(q, data, steps=10, lr=0.02, checkpoint=tmp_path / "c", checkpoint_every=5)
-    ck = torch.load(tmp_path / "c", weights_only=False)
+    ck = torch.load(tmp_path / "c", weights_only=True)
     naive = copy.deepcopy(q)
     naive.load_state_dict(ck["model"])
     rest = finetune(naive, _Offset(data, 5), steps=5, lr=0.02)  # the right batches, a fresh optimizer and schedule
@@ -302,15 +302,15 @@ def test_cli_finetune_end_to_end_then_export(small, capsys):
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
     assert "fp32: accuracy" in printed and "before fine-tuning" in printed and "after 3 steps" in printed
-    blob = torch.load(out, map_location="cpu", weights_only=False)
-    assert set(blob) >= {"model", "inputs", "plan"} and blob["finetune"]["steps"] == 3
-    layers = quant_layers(blob["model"])
+    f = hawq.load_qmodel(out, build=hawq.build_arch)
+    assert f.plan["label"] == "w4" and f.extra["finetune"]["steps"] == 3
+    layers = quant_layers(f.model)
     assert len(layers) == 22 and not any(m.qat for m in layers.values())
-    assert torch.load(ck, weights_only=False)["step"] == 3
+    assert torch.load(ck, weights_only=True)["step"] == 3
     assert cli.main(args) == 0  # the same command again: the finished checkpoint is reused, same weights
     assert "resumed from step 3" in capsys.readouterr().out
-    again = torch.load(out, map_location="cpu", weights_only=False)["model"].state_dict()
-    assert all(torch.equal(v, again[k]) for k, v in blob["model"].state_dict().items())
+    again = hawq.load_qmodel(out, build=hawq.build_arch).model.state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in f.model.state_dict().items())
     assert cli.main(["--quiet", "export", str(out), "--out", str(small / "m.onnx")]) == 0
     assert (small / "m.onnx").stat().st_size > 0
 
