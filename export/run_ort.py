@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import hawq
@@ -26,7 +27,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: ONNX Runtime's default)")
     p.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu")
     a = p.parse_args()
-    sess = hawq.ort_session(a.model, providers=PROVIDERS[a.provider], threads=a.threads)
+    if a.batch < 1 or a.repeats < 1 or a.threads < 0:
+        p.error("--batch and --repeats must be at least 1, --threads at least 0")
+    try:
+        sess = hawq.ort_session(a.model, providers=PROVIDERS[a.provider], threads=a.threads)
+    except hawq.HawqError as e:
+        print(f"run_ort: error: {e}", file=sys.stderr)
+        sys.exit(2)
     name = sess.get_inputs()[0].name
     _, ev = calibration_and_eval()
     x, y = ev.tensors[0].numpy(), ev.tensors[1].numpy()

@@ -146,6 +146,9 @@ def export_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path
     layers = _check_quantized(qmodel)
     if not isinstance(example_input, torch.Tensor):
         raise UnsupportedModelError("export_onnx takes models with one tensor input; give example_input as a tensor")
+    if not example_input.is_floating_point():
+        raise UnsupportedModelError(f"export_onnx takes float inputs, not {example_input.dtype}: models fed integer "
+                                    "ids (an Embedding) cannot be exported and verified yet")
     legal = legalize(qmodel, target, opset, int8)
     vnni = [n for n, spec in legal.layers.items() if spec.weight.needs_vnni]
     if verify and vnni and not cpu.ort_u8s8_exact():

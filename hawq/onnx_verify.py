@@ -25,7 +25,7 @@ from onnx import TensorProto
 from torch import nn
 
 from .cpu import describe as describe_cpu
-from .errors import ConfigError, UnsupportedModelError, VerificationError
+from .errors import ArtifactError, ConfigError, UnsupportedModelError, VerificationError
 from .rewrite import _set_module, quant_layers
 
 S8_WORKAROUND = ["QDQS8ToU8Transformer", "ClipQuantRewrite"]
@@ -97,6 +97,8 @@ def ort_session(path: str | Path, *, providers: list | None = None, threads: int
     an approximation of that arithmetic."""
     import onnxruntime as ort
 
+    if not Path(path).is_file():
+        raise ArtifactError(f"{path} not found; export a model first (`hawq export`)")
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     if graph_optimization_level is not None:
@@ -105,8 +107,13 @@ def ort_session(path: str | Path, *, providers: list | None = None, threads: int
         so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(matmulnbits_accuracy_level))
     if optimized_model_path is not None:
         so.optimized_model_filepath = str(optimized_model_path)
-    return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"],
-                                disabled_optimizers=disabled_optimizers(path) or None)
+    try:
+        return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"],
+                                    disabled_optimizers=disabled_optimizers(path) or None)
+    except Exception as e:  # noqa: BLE001 — protobuf, onnx and onnxruntime each raise their own kind
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ArtifactError(f"{path} is not an ONNX model ONNX Runtime can load ({e.__class__.__name__}: {first}); "
+                            "export it again with `hawq export`") from None
 
 
 def verify_onnx(path: str | Path, qmodel: nn.Module, inputs: torch.Tensor | Iterable, *,

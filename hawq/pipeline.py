@@ -132,10 +132,10 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, l
                guard: bool = True) -> RunResult:
     t0 = time.time()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
     model = load_model(recipe)
     batches, ev = load_data(recipe)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a bad checkpoint or data folder leaves no empty folder
     log_fn(f"profiling {len(batches)} calibration batches ...")
     prof = profile(model, F.cross_entropy, batches, recipe.profile_bits, rel_tol=recipe.rel_tol,
                    max_probes=recipe.max_probes, seed=recipe.seed, probes_per_batch=recipe.probes_per_batch, engine=recipe.engine, progress=progress, cache=out / "profile.json",
