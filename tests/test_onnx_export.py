@@ -578,18 +578,26 @@ def test_bad_opset_and_target(qmixed, tmp_path):
 def test_cli_export_target(tmp_path, capsys):
     from hawq import cli
 
+    from hawq import save_qmodel
+    from hawq.models import resnet20
+
     torch.manual_seed(11)
-    x = torch.randn(16, 64)
-    net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    x = torch.randn(16, 1, 28, 28)
+    net = resnet20().eval()
+    widths = {n: 8 for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    widths.update({"fc": 4, "layer1.0.conv1": 2})
     qm = tmp_path / "q.pt"
-    torch.save({"model": rewrite.quantize(net, {"0": 4, "2": 2}, [x], "minmax"), "inputs": x, "plan": {}}, qm)
+    save_qmodel(qm, rewrite.quantize(net, widths, [x], "minmax"), x, {"name": "resnet20", "family": "embedded"},
+                {"layers": [{"name": n, "w_bits": w, "a_bits": 8} for n, w in widths.items()]})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LegalizationWarning)
         assert cli.main(["--quiet", "export", str(qm), "--out", str(tmp_path / "m.onnx"), "--target", "tensorrt"]) == 0
     out = capsys.readouterr().out
-    assert "target tensorrt" in out and "2: weight_bits W2 -> W8 (TensorRT has no INT2)" in out and '"top1_agreement"' in out
+    assert "target tensorrt" in out and "layer1.0.conv1: weight_bits W2 -> W8 (TensorRT has no INT2)" in out
+    assert '"top1_agreement"' in out
     saved = json.loads((tmp_path / "verify.json").read_text())
-    assert [l["weight_type"] for l in saved["layers"]] == ["INT4", "INT8"] and saved["opset"] == 21
+    types = {l["name"]: l["weight_type"] for l in saved["layers"]}
+    assert (types["fc"], types["layer1.0.conv1"], types["conv1"]) == ("INT4", "INT8", "INT8") and saved["opset"] == 21
 
 
 # ------------------------------------------------- exact integers on every CPU (u8×s8 saturation)
