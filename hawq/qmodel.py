@@ -23,6 +23,7 @@ from . import quant
 from .artifacts import atomic_path
 from .errors import ArtifactError
 from .rewrite import QUANTIZABLE, QuantLayer, _set_module, fold_bn, quant_layers
+from .solver import Plan
 
 FORMAT = "hawq.qmodel/1"
 # QuantLayer attributes that are not tensors: the settings and the calibrated quantizer of its input and output
@@ -150,11 +151,13 @@ def load_qmodel(path: str | Path, build: Callable[[dict[str, str]], nn.Module] |
                 and layers):
             raise ValueError("arch, plan, extra must be objects and layers a non-empty object")
         settings = {n: _layer_settings(n, d) for n, d in layers.items()}
+        if "format" in plan:  # a whole plan (what `hawq quantize` records): its own checks, candidates included
+            Plan.from_dict(plan)
         plan_layers = {l["name"]: (l["w_bits"], l["a_bits"]) for l in plan["layers"]}
         widths = {n: (s["w_bits"], s["a_bits"]) for n, s in settings.items()}
         if plan_layers != widths:
             raise ValueError("its layers and widths differ from its plan's")
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, ArtifactError) as e:
         raise ArtifactError(f"{path}: malformed header ({e.__class__.__name__}: {e}); make it again with "
                             "`hawq quantize`") from None
     if model is None:

@@ -83,6 +83,12 @@ def _make_inputs(d: Path) -> None:
     header["layers"]["conv1"]["a_scale"] = "big"
     blob["header"] = json.dumps(header)
     torch.save(blob, d / "q_bad_header.pt")
+    header = json.loads(torch.load(d / "q.pt", weights_only=True)["header"])
+    name = header["plan"]["layers"][3]["name"]
+    header["plan"] = _plan_edit(header["plan"], lambda p: p["layers"][3].update(w_bits=3))
+    header["layers"][name]["w_bits"] = 3
+    blob["header"] = json.dumps(header)
+    torch.save(blob, d / "q_outside.pt")
     (d / "afile").write_text("a regular file\n")
 
 
@@ -139,6 +145,7 @@ CASES = [
     ("export-truncated", ["export", "{d}/trunc.pt", "--out", "{o}/m.onnx"], "not a hawq quantized model"),
     ("export-json-as-model", ["export", "{d}/plan.json", "--out", "{o}/m.onnx"], "not a hawq quantized model"),
     ("export-bad-header", ["export", "{d}/q_bad_header.pt", "--out", "{o}/m.onnx"], "a_scale"),
+    ("export-plan-outside-candidates", ["export", "{d}/q_outside.pt", "--out", "{o}/m.onnx"], "candidates"),
     ("export-out-is-folder", ["export", "{d}/q.pt", "--out", "{o}"], "is a folder"),
     ("export-unknown-int8", ["export", "{d}/q.pt", "--int8", "s4", "--out", "{o}/m.onnx"], "--int8"),
     ("pareto-points-1", ["pareto", "{d}/p.json", "--points", "1", "--out", "{o}/f"], "at least 2"),
