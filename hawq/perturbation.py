@@ -1,0 +1,121 @@
+"""The second-order model of the actual rounding: for every layer l and width b the exact weight
+perturbation Δ_{l,b} = Q_b(W_l) − W_l is known, so the Taylor expansion of the calibration loss
+
+    ΔL(plan) ≈ Σ_l gᵀΔ_{l,b_l} + ½ Σ_l Σ_m Δ_{l,b_l}ᵀ H Δ_{m,b_m}
+
+needs no random probes: one Hessian-vector product per (layer, width) in the direction Δ_{l,b}
+gives H Δ_{l,b} for the whole network, hence its product with every other layer's perturbations
+(the cross terms) at no extra cost. Deterministic; L·B products per batch (L layers, B widths),
+batched over directions with `is_grads_batched`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from . import quant
+from .errors import ConfigError, DataError, NumericalError
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """The terms of the second-order model over the calibration data.
+
+    names: the layers, in order.
+    bits: the weight widths, ascending.
+    linear: J values gᵀΔ_j, j = (layer index) · len(bits) + (width index).
+    curvature: J×J matrix of Δ_jᵀ H Δ_k (symmetric).
+    """
+
+    names: tuple[str, ...]
+    bits: tuple[int, ...]
+    linear: torch.Tensor
+    curvature: torch.Tensor
+
+    def _index(self, name: str, b: int) -> int:
+        return self.names.index(name) * len(self.bits) + self.bits.index(b)
+
+    def predict(self, widths: Mapping[str, int], *, cross: bool = True) -> float:
+        """Predicted loss change of quantizing each layer's weights at `widths[layer]`.
+
+        widths: layer → weight width (every layer of `names`).
+        cross: include the cross-layer terms (False: the additive model, each layer alone).
+        """
+        idx = torch.tensor([self._index(n, widths[n]) for n in self.names])
+        lin = float(self.linear[idx].sum())
+        block = self.curvature[idx][:, idx]
+        quad = float(block.sum()) if cross else float(block.diagonal().sum())
+        return lin + 0.5 * quad
+
+    def alone(self) -> dict[str, dict[int, float]]:
+        """layer → {width: predicted loss change with that layer alone quantized}."""
+        return {n: {b: float(self.linear[j] + 0.5 * self.curvature[j, j])
+                    for b in self.bits for j in [self._index(n, b)]} for n in self.names}
+
+
+def perturbation_terms(model: nn.Module, loss_fn: Callable, batches: Sequence, layers: Mapping[str, nn.Module],
+                       bits: Sequence[int], *, weight_method: str = "mse", chunk: int = 8,
+                       progress: Callable[[int, int], None] | None = None) -> Perturbation:
+    """The linear and quadratic terms of the loss change for every (layer, width).
+
+    model: the network (BN folded, as it will be quantized), in eval mode.
+    loss_fn: loss(model(x), y) -> scalar tensor (mean over the batch).
+    batches: (x, y) calibration batches; the loss is their sample-weighted mean.
+    layers: name → the module whose `.weight` is quantized.
+    bits: weight widths.
+    weight_method: the weight quantizer's scale search, as the rewriter uses it.
+    chunk: directions per batched Hessian-vector product (memory grows with it).
+    progress: called with (done, total) products after each chunk.
+    """
+    bits = tuple(sorted({int(b) for b in bits}))
+    names = tuple(layers)
+    if not names or not bits:
+        raise ConfigError("perturbation_terms needs at least one layer and one width")
+    if not batches:
+        raise DataError("perturbation_terms needs at least one (input, target) batch")
+    params = [layers[n].weight for n in names]
+    deltas = []  # per layer: tensor [B, *shape] of Q_b(W) − W
+    with torch.no_grad():
+        for p in params:
+            deltas.append(torch.stack([quant.fake_quant_weight(p.detach(), b, weight_method)[0] - p.detach() for b in bits]))
+    B, J = len(bits), len(names) * len(bits)
+    linear = torch.zeros(J, dtype=torch.float64)
+    curv = torch.zeros(J, J, dtype=torch.float64)
+    total = sum(len(y) for _, y in batches)
+    was = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    directions = [(l, i) for l in range(len(names)) for i in range(B)]
+    try:
+        for x, y in batches:
+            w = len(y) / total
+            loss = loss_fn(model(x), y)
+            if loss.numel() != 1:
+                raise ConfigError(f"loss_fn must return one scalar tensor, got {tuple(loss.shape)}")
+            if not torch.isfinite(loss):
+                raise NumericalError(f"the loss is {loss.item()} on a calibration batch; check the model and data")
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            for l, g in enumerate(grads):
+                linear[l * B:(l + 1) * B] += w * (deltas[l].flatten(1).double() @ g.detach().flatten().double())
+            for start in range(0, J, chunk):
+                part = directions[start:start + chunk]
+                vs = [torch.zeros(len(part), *p.shape, dtype=p.dtype) for p in params]
+                for k, (l, i) in enumerate(part):
+                    vs[l][k] = deltas[l][i]
+                hv = torch.autograd.grad(grads, params, vs, retain_graph=True, is_grads_batched=True)
+                for m, h in enumerate(hv):  # rows: the chunk's directions; columns: layer m's widths
+                    curv[start:start + len(part), m * B:(m + 1) * B] += w * (h.flatten(1).double() @ deltas[m].flatten(1).double().T)
+                if progress:
+                    progress(start + len(part), J)
+            del grads, loss
+    finally:
+        for p, r in zip(params, was):
+            p.requires_grad_(r)
+    curv = 0.5 * (curv + curv.T)
+    if not bool(torch.isfinite(curv).all()) or not all(math.isfinite(v) for v in linear.tolist()):
+        raise NumericalError("the second-order terms are not finite; check the model and data")
+    return Perturbation(names, bits, linear, curv)

@@ -1,0 +1,89 @@
+"""The second-order model of the actual rounding against exact answers."""
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from hawq import quant
+from hawq.errors import ConfigError
+from hawq.perturbation import perturbation_terms
+
+
+class TwoBranch(nn.Module):
+    """y = A x + B x: the MSE loss is exactly quadratic in (A, B) jointly, with cross terms."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 3), nn.Linear(6, 3, bias=False)
+
+    def forward(self, x):
+        return self.a(x) + self.b(x)
+
+
+def _data(n=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8 + i, 6, generator=g), torch.randn(8 + i, 3, generator=g)) for i in range(n)]
+
+
+def _loss_with(model, batches, weights=None):
+    total = sum(len(y) for _, y in batches)
+    with torch.no_grad():
+        saved = {n: m.weight.clone() for n, m in [("a", model.a), ("b", model.b)]}
+        for n, w in (weights or {}).items():
+            getattr(model, n).weight.copy_(w)
+        out = sum(len(y) / total * float(F.mse_loss(model(x), y)) for x, y in batches)
+        for n, w in saved.items():
+            getattr(model, n).weight.copy_(w)
+    return out
+
+
+def test_the_quadratic_model_is_exact_for_a_quadratic_loss():
+    torch.manual_seed(0)
+    model, batches, bits = TwoBranch().eval(), _data(), (2, 3, 8)
+    p = perturbation_terms(model, F.mse_loss, batches, {"a": model.a, "b": model.b}, bits, chunk=4)
+    base = _loss_with(model, batches)
+    for wa, wb in itertools.product(bits, bits):
+        q = {n: quant.fake_quant_weight(getattr(model, n).weight.detach(), w, "mse")[0] for n, w in (("a", wa), ("b", wb))}
+        assert p.predict({"a": wa, "b": wb}) == pytest.approx(_loss_with(model, batches, q) - base, rel=1e-4, abs=1e-7)
+    # the additive model drops exactly the cross terms, which this model has
+    assert p.predict({"a": 2, "b": 2}, cross=False) != pytest.approx(p.predict({"a": 2, "b": 2}), rel=1e-3)
+
+
+def test_terms_match_the_exact_hessian_of_a_small_network():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).eval()
+    batches = [(torch.randn(7, 4), torch.randint(0, 3, (7,))), (torch.randn(5, 4), torch.randint(0, 3, (5,)))]
+    bits = (2, 4)
+    p = perturbation_terms(model, F.cross_entropy, batches, {"0": model[0], "2": model[2]}, bits, chunk=3)
+    w0, w2 = model[0].weight.detach(), model[2].weight.detach()
+    n0 = w0.numel()
+
+    def loss(flat):
+        total, out = 12, 0.0
+        for x, y in batches:
+            h = torch.tanh(x.double() @ flat[:n0].view_as(w0).T + model[0].bias.double())
+            out = out + len(y) / total * F.cross_entropy(h @ flat[n0:].view_as(w2).T + model[2].bias.double(), y)
+        return out
+
+    flat = torch.cat([w0.flatten(), w2.flatten()]).double().requires_grad_(True)
+    H = torch.autograd.functional.hessian(loss, flat)
+    g = torch.autograd.grad(loss(flat), flat)[0]
+    dirs = []
+    for w, off in ((w0, 0), (w2, n0)):
+        for b in bits:
+            d = torch.zeros_like(flat, requires_grad=False)
+            d[off:off + w.numel()] = (quant.fake_quant_weight(w, b, "mse")[0] - w).flatten().double()
+            dirs.append(d)
+    D = torch.stack(dirs)
+    assert torch.allclose(p.linear, D @ g.detach(), rtol=1e-4, atol=1e-9)
+    assert torch.allclose(p.curvature, D @ H @ D.T, rtol=1e-4, atol=1e-9)
+
+
+def test_bad_calls_say_so():
+    model = TwoBranch()
+    with pytest.raises(ConfigError, match="scalar"):
+        perturbation_terms(model, lambda o, y: F.mse_loss(o, y, reduction="none"), _data(1), {"a": model.a}, (4,))
+    with pytest.raises(ConfigError, match="at least one layer"):
+        perturbation_terms(model, F.mse_loss, _data(1), {}, (4,))
