@@ -16,6 +16,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.func import functional_call, jvp, vmap
 
 from . import quant
 from .errors import ConfigError, DataError, NumericalError
@@ -57,10 +58,18 @@ class Perturbation:
                     for b in self.bits for j in [self._index(n, b)]} for n in self.names}
 
 
+CURVATURES = ("ggn", "hessian")
+
+
 def perturbation_terms(model: nn.Module, loss_fn: Callable, batches: Sequence, layers: Mapping[str, nn.Module],
-                       bits: Sequence[int], *, weight_method: str = "mse", chunk: int = 8,
+                       bits: Sequence[int], *, curvature: str = "ggn", weight_method: str = "mse", chunk: int = 8,
                        progress: Callable[[int, int], None] | None = None) -> Perturbation:
     """The linear and quadratic terms of the loss change for every (layer, width).
+
+    curvature: "ggn", the generalised Gauss-Newton matrix JᵀH_zJ (H_z: the loss's Hessian in the
+        network's outputs): positive semi-definite, and cheap: one forward-mode product per
+        direction gives its output perturbation JΔ, and every pair's term is a product of those;
+        or "hessian", the full Hessian, one double-backward product per direction.
 
     model: the network (BN folded, as it will be quantized), in eval mode.
     loss_fn: loss(model(x), y) -> scalar tensor (mean over the batch).
@@ -71,6 +80,8 @@ def perturbation_terms(model: nn.Module, loss_fn: Callable, batches: Sequence, l
     chunk: directions per batched Hessian-vector product (memory grows with it).
     progress: called with (done, total) products after each chunk.
     """
+    if curvature not in CURVATURES:
+        raise ConfigError(f"curvature must be one of {', '.join(CURVATURES)}, not {curvature!r}")
     bits = tuple(sorted({int(b) for b in bits}))
     names = tuple(layers)
     if not names or not bits:
@@ -98,9 +109,14 @@ def perturbation_terms(model: nn.Module, loss_fn: Callable, batches: Sequence, l
                 raise ConfigError(f"loss_fn must return one scalar tensor, got {tuple(loss.shape)}")
             if not torch.isfinite(loss):
                 raise NumericalError(f"the loss is {loss.item()} on a calibration batch; check the model and data")
-            grads = torch.autograd.grad(loss, params, create_graph=True)
+            grads = torch.autograd.grad(loss, params, create_graph=curvature == "hessian")
             for l, g in enumerate(grads):
                 linear[l * B:(l + 1) * B] += w * (deltas[l].flatten(1).double() @ g.detach().flatten().double())
+            if curvature == "ggn":
+                curv += w * _ggn_block(model, loss_fn, x, y, names, params, deltas)
+                if progress:
+                    progress(J, J)
+                continue
             for start in range(0, J, chunk):
                 part = directions[start:start + chunk]
                 vs = [torch.zeros(len(part), *p.shape, dtype=p.dtype) for p in params]
@@ -119,3 +135,32 @@ def perturbation_terms(model: nn.Module, loss_fn: Callable, batches: Sequence, l
     if not bool(torch.isfinite(curv).all()) or not all(math.isfinite(v) for v in linear.tolist()):
         raise NumericalError("the second-order terms are not finite; check the model and data")
     return Perturbation(names, bits, linear, curv)
+
+
+def _ggn_block(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, names: Sequence[str],
+               params: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Δ_jᵀ Jᵀ H_z J Δ_k on one batch for every pair of directions (float64, J×J).
+
+    Each layer's B directions go through one vmapped forward-mode product (the tangent is that
+    layer's perturbations, every other weight fixed); H_z u comes from a double backward through
+    the loss alone, which is cheap (it does not touch the network).
+    """
+    pnames = {id(p): n for n, p in model.named_parameters()}
+    keys = [pnames[id(p)] for p in params]
+    state = {n: p.detach() for n, p in model.named_parameters()}
+    state.update(dict(model.named_buffers()))
+    outs = []
+    for key, d in zip(keys, deltas):
+        def f(w, key=key):
+            return functional_call(model, {**state, key: w}, (x,))
+
+        def one(t, key=key, f=f):
+            return jvp(f, (state[key],), (t,))[1]
+        with torch.no_grad():
+            outs.append(vmap(one)(d))  # [B, *output]
+    u = torch.cat(outs).flatten(1)  # [J, N·C]
+    with torch.enable_grad():
+        z = model(x).detach().requires_grad_(True)
+        gz = torch.autograd.grad(loss_fn(z, y), z, create_graph=True)[0]
+        hu = torch.autograd.grad(gz, z, u.view(len(u), *z.shape), is_grads_batched=True)[0].flatten(1)
+    return u.double() @ hu.double().T

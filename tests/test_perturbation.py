@@ -39,10 +39,11 @@ def _loss_with(model, batches, weights=None):
     return out
 
 
-def test_the_quadratic_model_is_exact_for_a_quadratic_loss():
+@pytest.mark.parametrize("curvature", ["hessian", "ggn"])  # a network linear in its weights: GGN = Hessian
+def test_the_quadratic_model_is_exact_for_a_quadratic_loss(curvature):
     torch.manual_seed(0)
     model, batches, bits = TwoBranch().eval(), _data(), (2, 3, 8)
-    p = perturbation_terms(model, F.mse_loss, batches, {"a": model.a, "b": model.b}, bits, chunk=4)
+    p = perturbation_terms(model, F.mse_loss, batches, {"a": model.a, "b": model.b}, bits, chunk=4, curvature=curvature)
     base = _loss_with(model, batches)
     for wa, wb in itertools.product(bits, bits):
         q = {n: quant.fake_quant_weight(getattr(model, n).weight.detach(), w, "mse")[0] for n, w in (("a", wa), ("b", wb))}
@@ -56,7 +57,9 @@ def test_terms_match_the_exact_hessian_of_a_small_network():
     model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).eval()
     batches = [(torch.randn(7, 4), torch.randint(0, 3, (7,))), (torch.randn(5, 4), torch.randint(0, 3, (5,)))]
     bits = (2, 4)
-    p = perturbation_terms(model, F.cross_entropy, batches, {"0": model[0], "2": model[2]}, bits, chunk=3)
+    p = perturbation_terms(model, F.cross_entropy, batches, {"0": model[0], "2": model[2]}, bits, chunk=3,
+                           curvature="hessian")
+    ggn = perturbation_terms(model, F.cross_entropy, batches, {"0": model[0], "2": model[2]}, bits, curvature="ggn")
     w0, w2 = model[0].weight.detach(), model[2].weight.detach()
     n0 = w0.numel()
 
@@ -80,10 +83,22 @@ def test_terms_match_the_exact_hessian_of_a_small_network():
     assert torch.allclose(p.linear, D @ g.detach(), rtol=1e-4, atol=1e-9)
     assert torch.allclose(p.curvature, D @ H @ D.T, rtol=1e-4, atol=1e-9)
 
+    def logits(flat):
+        return torch.cat([torch.tanh(x.double() @ flat[:n0].view_as(w0).T + model[0].bias.double())
+                          @ flat[n0:].view_as(w2).T + model[2].bias.double() for x, _ in batches])
+
+    Jz = torch.autograd.functional.jacobian(logits, flat.detach()).flatten(0, 1)  # [N·C, P]
+    p_ = torch.softmax(logits(flat.detach()), 1)
+    Hz = torch.block_diag(*[(torch.diag(q) - torch.outer(q, q)) / 12 for q in p_])  # mean CE over 12 samples
+    assert torch.allclose(ggn.curvature, D @ Jz.T @ Hz @ Jz @ D.T, rtol=1e-4, atol=1e-9)
+    assert torch.allclose(ggn.linear, p.linear)
+
 
 def test_bad_calls_say_so():
     model = TwoBranch()
     with pytest.raises(ConfigError, match="scalar"):
         perturbation_terms(model, lambda o, y: F.mse_loss(o, y, reduction="none"), _data(1), {"a": model.a}, (4,))
+    with pytest.raises(ConfigError, match="curvature"):
+        perturbation_terms(model, F.mse_loss, _data(1), {"a": model.a}, (4,), curvature="fisher")
     with pytest.raises(ConfigError, match="at least one layer"):
         perturbation_terms(model, F.mse_loss, _data(1), {}, (4,))
