@@ -14,7 +14,11 @@ the float model's. Each sensitivity model predicts that increase:
 - measured_deltas: Σ_l of the single-layer measured loss changes the AIMET-style greedy uses;
 - perturbation_diag: Σ_l gᵀΔ_l + ½ Δ_lᵀ H Δ_l, the exact second-order term of the actual rounding;
 - perturbation_full: the same with every cross-layer term ½ Σ_{l≠m} Δ_lᵀ H Δ_m;
-- deltas_cross: the measured single-layer deltas plus the cross-layer curvature terms.
+- deltas_cross: the measured single-layer deltas plus the cross-layer curvature terms;
+- perturbed: Σ_l of the exact loss change of rounding layer l's weights alone (one forward pass
+  over the data per layer and width, activations in float, no quantized model built);
+- perturbed_cross: those plus the cross-layer curvature terms;
+- grad_output: Σ_l of ModelOpt auto_quantize's score Σ (∂L/∂Y_l · (Y_l,quant − Y_l))².
 
 Prints one JSON line per model and sensitivity: `model, sensitivity, spearman` (the mean over the
 budgets of the within-budget correlation), `spearman_pooled` (all plans together), `per_budget`,
@@ -37,7 +41,7 @@ from hawq import data as D
 from hawq.baselines import measured_deltas, random_sensitivity, resensitized
 from hawq.guard import GuardCache, quantize_plan
 from hawq.models import load_embedded
-from hawq.perturbation import perturbation_terms
+from hawq.perturbation import output_error_scores, perturbation_terms, perturbed_losses
 from hawq.rewrite import fold_bn
 from hawq.sensitivity import profile
 from hawq.solver import Budget, default_pins, solve, uniform_plan
@@ -100,6 +104,15 @@ def run_model(name: str, out: Path, n_plans: int, max_probes: int, log) -> list[
     seconds["perturbation_diag"] = seconds["perturbation_full"] = time.time() - t
     seconds["deltas_cross"] = seconds["measured_deltas"] + seconds["perturbation_full"]
     log(f"{name}: perturbation terms {seconds['perturbation_full']:.0f} s")
+    layer_mods = {l.name: mods[l.name] for l in prof.layers if l.name not in pins}
+    t = time.time()
+    perturbed = perturbed_losses(folded, F.cross_entropy, batches, layer_mods, CANDIDATES)
+    seconds["perturbed"] = time.time() - t
+    seconds["perturbed_cross"] = seconds["perturbed"] + seconds["perturbation_full"]
+    t = time.time()
+    grad_out = output_error_scores(folded, F.cross_entropy, batches, layer_mods, CANDIDATES)
+    seconds["grad_output"] = time.time() - t
+    log(f"{name}: perturbed losses {seconds['perturbed']:.0f} s, output-error scores {seconds['grad_output']:.0f} s")
     with torch.no_grad():
         fp_loss = D.evaluate(model, batches)[1]
     idx = {n: i for i, n in enumerate(pert.names)}
@@ -130,6 +143,9 @@ def run_model(name: str, out: Path, n_plans: int, max_probes: int, log) -> list[
                     "perturbation_diag": pert.predict(w, cross=False),
                     "perturbation_full": pert.predict(w)}
             pred["deltas_cross"] = pred["measured_deltas"] + cross_only(w)
+            pred["perturbed"] = sum(perturbed[n][w[n]] for n in perturbed)
+            pred["perturbed_cross"] = pred["perturbed"] + cross_only(w)
+            pred["grad_output"] = sum(grad_out[n][w[n]] for n in grad_out)
             rows.append({"kind": "plan", "model": name, "budget_bits": bits, "avg_bits": plan.avg_bits,
                          "measured": measured, "predicted": pred})
         log(f"{name}: {len(seen)} plans at W{bits:g}")

@@ -9,16 +9,20 @@ points between 3 and 4 bits (first and last layers at 8 bits in every method; mi
 choose among 2, 4 and 8 bits), prints one JSON line per model, budget and method:
 `model, budget_bits, method, accuracy, calibration_loss, weight_bytes` (plus avg_bits, label).
 
-Methods: fp32; uniform (between widths: the widest uniform plan that fits); hawq (the Hessian ILP
-with the measured-loss guard, what `hawq run` does) and hawq_noguard (the ILP optimum alone);
-inverted (Hessian sensitivities dealt in reverse rank); random_mean and random_best (5 plans
+Methods: fp32; uniform (between widths: the widest uniform plan that fits); hawq (the ILP on
+hawq's default sensitivity with the measured-loss guard, what `hawq run` does) and hawq_noguard
+(the ILP optimum alone); hawq_trace (the ILP alone on HAWQ-V2's trace model, `sensitivity="trace"`);
+inverted (hawq's sensitivities dealt in reverse rank); grad_output_score (the same ILP on NVIDIA
+ModelOpt auto_quantize's gradient-weighted output error); random_mean and random_best (5 plans
 from random sensitivities, each filling the budget; best = highest evaluation accuracy, an
 oracle pick); aimet_greedy (one layer quantized at a time, measured loss change, greedy);
 hawq_v1_eig (top Hessian eigenvalue per layer instead of the trace). Accuracy is top-1 on the
 9,000 evaluation images; calibration loss is the cross-entropy on the 1,000 calibration images
 the quantizers were calibrated on.
 
-Rows already in OUT/results.jsonl are not recomputed: an interrupted run resumes.
+Rows already in OUT/results.jsonl are not recomputed: an interrupted run resumes. The seconds each
+sensitivity took on this machine's threads go to OUT/cost.jsonl (`model, sensitivity, seconds,
+threads`), once per computation.
 """
 from __future__ import annotations
 
@@ -34,10 +38,10 @@ from torch.nn import functional as F
 
 from hawq import data as D
 from hawq.baselines import (eigen_sensitivity, greedy_plan, inverted_sensitivity, measured_deltas,
-                            random_sensitivity, resensitized)
+                            output_error_sensitivity, random_sensitivity, resensitized, with_omegas)
 from hawq.guard import GuardCache, guarded_solve, quantize_plan
 from hawq.models import load_embedded
-from hawq.sensitivity import profile
+from hawq.sensitivity import DEFAULT_SENSITIVITY, SENSITIVITIES, profile
 from hawq.solver import Budget, solve, uniform_plan
 
 MODELS = ("resnet20", "mobilenetv2_fashion")
@@ -67,21 +71,34 @@ def rows_done(path: Path) -> dict[tuple, dict]:
     return done
 
 
-def run_model(name: str, out: Path, n_random: int, log, budgets=BUDGETS, max_probes: int = 64) -> None:
+def run_model(name: str, out: Path, n_random: int, log, budgets=BUDGETS, max_probes: int = 64,
+              sensitivity: str = DEFAULT_SENSITIVITY) -> None:
     results = out / "results.jsonl"
     done = rows_done(results)
     model = load_embedded(name)
     cal, ev = D.calibration_and_eval()
     batches = list(D.loader(cal, 200))
-    t0 = time.time()
-    prof = profile(model, F.cross_entropy, batches, PROFILE_BITS, rel_tol=0.05, max_probes=max_probes, seed=0,
-                   cache=out / f"{name}_profile.json")
-    log(f"{name}: profile {time.time() - t0:.0f} s ({prof.settings.get('probes')} probes)")
+
+    def cost(kind: str, seconds: float) -> None:
+        with (out / "cost.jsonl").open("a") as f:
+            f.write(json.dumps({"model": name, "sensitivity": kind, "seconds": seconds,
+                                "threads": torch.get_num_threads()}) + "\n")
+
+    profiles = {}
+    for kind in dict.fromkeys((sensitivity, "trace")):
+        path = out / f"{name}_{kind}_profile.json"
+        fresh = not path.is_file()
+        profiles[kind] = profile(model, F.cross_entropy, batches, PROFILE_BITS, rel_tol=0.05, max_probes=max_probes,
+                                 seed=0, sensitivity=kind, cache=path)
+        if fresh:
+            cost(kind, profiles[kind].seconds)
+        log(f"{name}: {kind} profile {profiles[kind].seconds:.0f} s ({profiles[kind].settings.get('probes', 0)} probes)")
+    prof, trace_prof = profiles[sensitivity], profiles["trace"]
     qcache, gcache, evaluated = GuardCache(), GuardCache(), {}
     lazy: dict[str, dict] = {}
 
     def sens(kind: str):
-        """The eigenvalue or measured-delta sensitivities, computed once and kept in OUT."""
+        """The eigenvalue, measured-delta or output-error sensitivities, computed once and kept in OUT."""
         path = out / f"{name}_{kind}.json"
         if kind not in lazy and path.is_file():
             d = json.loads(path.read_text())
@@ -90,9 +107,12 @@ def run_model(name: str, out: Path, n_random: int, log, budgets=BUDGETS, max_pro
             t = time.time()
             if kind == "eig":
                 lazy[kind] = eigen_sensitivity(model, F.cross_entropy, batches[0], prof, engine="jvp_vmap")
+            elif kind == "grad_output":
+                lazy[kind] = output_error_sensitivity(model, F.cross_entropy, batches, prof)
             else:
                 lazy[kind] = measured_deltas(model, prof, batches, CANDIDATES, cache=qcache)
             path.write_text(json.dumps(lazy[kind]))
+            cost(kind, time.time() - t)
             log(f"{name}: {kind} sensitivities {time.time() - t:.0f} s")
         return lazy[kind]
 
@@ -128,9 +148,11 @@ def run_model(name: str, out: Path, n_random: int, log, budgets=BUDGETS, max_pro
         planned(bits, "uniform", lambda: uniform_plan(prof, int(bits)))
         planned(bits, "hawq", lambda: guarded_solve(prof, budget, model=model, data=batches, bits=CANDIDATES, cache=gcache))
         planned(bits, "hawq_noguard", lambda: solve(prof, budget, bits=CANDIDATES))
+        planned(bits, "hawq_trace", lambda: solve(trace_prof, budget, bits=CANDIDATES))
         planned(bits, "inverted", lambda: solve(resensitized(prof, inverted_sensitivity(prof)), budget, bits=CANDIDATES))
         planned(bits, "aimet_greedy", lambda: greedy_plan(prof, sens("deltas"), budget, CANDIDATES, label="aimet-greedy"))
         planned(bits, "hawq_v1_eig", lambda: solve(resensitized(prof, sens("eig")), budget, bits=CANDIDATES))
+        planned(bits, "grad_output_score", lambda: solve(with_omegas(prof, sens("grad_output")), budget, bits=CANDIDATES))
         key = (name, round(bits, 3), "random_mean")
         if key in done and (name, round(bits, 3), "random_best") in done:
             for m in ("random_mean", "random_best"):
@@ -154,6 +176,8 @@ def main() -> None:
     p.add_argument("--budgets", default=",".join(f"{b:.6g}" for b in BUDGETS),
                    help="uniform-equivalent weight bits, in the order to run them")
     p.add_argument("--max-probes", type=int, default=64, help="Hutchinson probes at most (the recipes' 64)")
+    p.add_argument("--sensitivity", default=DEFAULT_SENSITIVITY, choices=SENSITIVITIES,
+                   help=f"hawq's sensitivity model (default {DEFAULT_SENSITIVITY}); the trace model runs as hawq_trace")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -163,7 +187,7 @@ def main() -> None:
         if name not in MODELS:
             sys.exit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
         run_model(name, out, a.random, lambda m: print(m, file=sys.stderr, flush=True),
-                  budgets=[float(b) for b in a.budgets.split(",")], max_probes=a.max_probes)
+                  budgets=[float(b) for b in a.budgets.split(",")], max_probes=a.max_probes, sensitivity=a.sensitivity)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ Each baseline gives a Plan with the same candidates, pins and weight budget as h
   - `random_sensitivity`: s log-uniform over six decades, seeded: a random plan that still uses
     the whole budget;
   - `eigen_sensitivity`: HAWQ-V1's top Hessian eigenvalue of each layer's block, λ_max/n_l.
+- `with_omegas`: the profile with another table Ω_l(b), allocated by the same ILP:
+  - `output_error_sensitivity`: NVIDIA ModelOpt auto_quantize's gradient-weighted output error
+    Σ (∂L/∂Y · (Y_quant − Y))² of each layer and width (hawq.perturbation.output_error_scores).
 - `measured_deltas` + `greedy_plan`: the AIMET-style allocation: quantize one layer at a time
   (the others at the widest candidate), measure the loss change on calibration data, then lower
   widths greedily, always the step that costs the least measured loss per byte saved, until the
@@ -28,6 +31,7 @@ from .errors import InfeasibleBudgetError
 from .guard import GuardCache, quantize_plan
 from .data import evaluate
 from .hessian import top_eigenvalues
+from .perturbation import output_error_scores
 from .rewrite import fold_bn
 from .sensitivity import Profile, omega_z
 from .solver import Budget, Plan, default_pins, fixed_plan
@@ -35,7 +39,8 @@ from .solver import Budget, Plan, default_pins, fixed_plan
 
 def hessian_sensitivity(profile: Profile) -> dict[str, float]:
     """hawq's own s_l = Tr(H_l)/n_l, with the trace Ω took (the upper end of its 95% interval or
-    the mean, as the profile's settings say; clamped at 0)."""
+    the mean, as the profile's settings say; clamped at 0); for a profile of another sensitivity,
+    its effective trace (Ω/‖ΔW‖² at the narrowest width)."""
     z = omega_z(profile.settings.get("omega_trace"))
     return {l.name: max(l.trace + z * l.trace_se, 0.0) / l.params for l in profile.layers}
 
@@ -45,6 +50,23 @@ def resensitized(profile: Profile, s: Mapping[str, float]) -> Profile:
     layers = tuple(replace(l, omega={b: max(float(s[l.name]), 0.0) * e for b, e in l.sq_error.items()})
                    for l in profile.layers)
     return replace(profile, layers=layers)
+
+
+def with_omegas(profile: Profile, table: Mapping[str, Mapping[int, float]]) -> Profile:
+    """`profile` with Ω_l(b) = max(table[l][b], 0) for every layer in `table` (others unchanged)."""
+    layers = tuple(replace(l, omega={b: max(float(table[l.name][b]), 0.0) for b in profile.bits})
+                   if l.name in table else l for l in profile.layers)
+    return replace(profile, layers=layers)
+
+
+def output_error_sensitivity(model: nn.Module, loss_fn: Callable, data: Sequence, profile: Profile, *,
+                             weight_method: str = "mse") -> dict[str, dict[int, float]]:
+    """layer → {width: ModelOpt's Σ (∂L/∂Y · (Y_quant − Y))²} at the profile's widths, on the
+    BN-folded model the rewriter quantizes. One forward and backward per batch."""
+    folded = fold_bn(model).eval()
+    mods = dict(folded.named_modules())
+    return output_error_scores(folded, loss_fn, list(data), {n: mods[n] for n in profile.names}, profile.bits,
+                               weight_method=weight_method)
 
 
 def inverted_sensitivity(profile: Profile) -> dict[str, float]:

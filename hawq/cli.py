@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 import hawq
 from hawq.legalize import ORT_INT8
+from hawq.sensitivity import SENSITIVITIES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,7 +96,7 @@ def cmd_profile(a) -> None:
                         max_probes=_or(a.max_probes, r.max_probes), seed=_or(a.seed, r.seed),
                         probes_per_batch=_or(a.probes_per_batch, r.probes_per_batch), engine=a.engine,
                         progress=not a.quiet, cache=a.out, a_bits=_or(a.a_bits, ()),
-                        omega_trace=_or(a.omega_trace, r.omega_trace))
+                        omega_trace=_or(a.omega_trace, r.omega_trace), sensitivity=_or(a.sensitivity, r.sensitivity))
     if dist.is_initialized() and dist.get_rank() != 0:
         return
     print(f"{len(prof.layers)} layers, {prof.settings.get('probes')} probes, {prof.seconds:.1f} s -> {a.out}")
@@ -346,6 +347,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--omega-trace", choices=("upper", "mean"),
                    help="the trace Ω uses: upper, the top of its 95%% interval (the default: a trace that is zero "
                         "within its noise does not make a layer free), or mean, the estimate itself")
+    s.add_argument("--sensitivity", choices=SENSITIVITIES,
+                   help="how Ω is made: trace (HAWQ-V2's Hessian trace times the rounding error) or perturbed "
+                        "(the loss change of rounding each layer alone, one forward pass per layer and width)")
     s.set_defaults(fn=cmd_profile)
 
     s = sub.add_parser("solve", help="per-layer bits under weight-size and BOPs limits at once (ILP) -> plan.json")

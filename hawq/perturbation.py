@@ -16,6 +16,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.func import functional_call, jvp, vmap
 
 from . import quant
@@ -89,10 +90,8 @@ def perturbation_terms(model: nn.Module, loss_fn: Callable, batches: Sequence, l
     if not batches:
         raise DataError("perturbation_terms needs at least one (input, target) batch")
     params = [layers[n].weight for n in names]
-    deltas = []  # per layer: tensor [B, *shape] of Q_b(W) − W
-    with torch.no_grad():
-        for p in params:
-            deltas.append(torch.stack([quant.fake_quant_weight(p.detach(), b, weight_method)[0] - p.detach() for b in bits]))
+    rounding = _rounding(layers, bits, weight_method)
+    deltas = [torch.stack([rounding[n][b] for b in bits]) for n in names]  # per layer: [B, *shape] of Q_b(W) − W
     B, J = len(bits), len(names) * len(bits)
     linear = torch.zeros(J, dtype=torch.float64)
     curv = torch.zeros(J, J, dtype=torch.float64)
@@ -164,3 +163,93 @@ def _ggn_block(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
         gz = torch.autograd.grad(loss_fn(z, y), z, create_graph=True)[0]
         hu = torch.autograd.grad(gz, z, u.view(len(u), *z.shape), is_grads_batched=True)[0].flatten(1)
     return u.double() @ hu.double().T
+
+
+def _local_output(mod: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The layer's linear map of input x with weight w, no bias: Y(W + Δ) − Y(W) = this with w = Δ."""
+    if isinstance(mod, nn.Conv2d):
+        if mod.padding_mode != "zeros":
+            raise ConfigError(f"padding_mode {mod.padding_mode!r} is not supported here; use zeros padding")
+        return F.conv2d(x, w, None, mod.stride, mod.padding, mod.dilation, mod.groups)
+    if isinstance(mod, nn.Linear):
+        return F.linear(x, w)
+    raise ConfigError(f"{type(mod).__name__} is not a Conv2d or Linear layer")
+
+
+def _rounding(layers: Mapping[str, nn.Module], bits: Sequence[int], weight_method: str) -> dict[str, dict[int, torch.Tensor]]:
+    with torch.no_grad():
+        return {n: {b: quant.fake_quant_weight(m.weight.detach(), b, weight_method)[0] - m.weight.detach() for b in bits}
+                for n, m in layers.items()}
+
+
+def output_error_scores(model: nn.Module, loss_fn: Callable, batches: Sequence, layers: Mapping[str, nn.Module],
+                        bits: Sequence[int], *, weight_method: str = "mse") -> dict[str, dict[int, float]]:
+    """The gradient-weighted output error NVIDIA ModelOpt's auto_quantize scores formats with:
+    layer → {width: Σ_batches Σ (∂L/∂Y · (Y_quant − Y))²}, Y the layer's output, Y_quant its output
+    with that layer's weights rounded at the width. One forward and backward per batch; the
+    output error of a linear layer is its map of the same input through Q_b(W) − W.
+    """
+    bits = tuple(sorted({int(b) for b in bits}))
+    if not layers or not bits:
+        raise ConfigError("output_error_scores needs at least one layer and one width")
+    if not batches:
+        raise DataError("output_error_scores needs at least one (input, target) batch")
+    rounding = _rounding(layers, bits, weight_method)
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: seen.__setitem__(n, (inp[0].detach(), out)))
+             for n, m in layers.items()]
+    weights = [m.weight for m in layers.values()]
+    was = [w.requires_grad for w in weights]
+    scores = {n: dict.fromkeys(bits, 0.0) for n in layers}
+    try:
+        for w in weights:  # so that every layer's output is in the graph
+            w.requires_grad_(True)
+        for x, y in batches:
+            seen.clear()
+            loss = loss_fn(model(x), y)
+            if loss.numel() != 1:
+                raise ConfigError(f"loss_fn must return one scalar tensor, got {tuple(loss.shape)}")
+            grads = torch.autograd.grad(loss, [seen[n][1] for n in layers])
+            with torch.no_grad():
+                for (n, m), g in zip(layers.items(), grads):
+                    for b in bits:
+                        scores[n][b] += float(((g * _local_output(m, seen[n][0], rounding[n][b])) ** 2).sum())
+    finally:
+        for h in hooks:
+            h.remove()
+        for w, r in zip(weights, was):
+            w.requires_grad_(r)
+    return scores
+
+
+@torch.no_grad()
+def perturbed_losses(model: nn.Module, loss_fn: Callable, batches: Sequence, layers: Mapping[str, nn.Module],
+                     bits: Sequence[int], *, weight_method: str = "mse") -> dict[str, dict[int, float]]:
+    """The exact loss change of rounding one layer's weights alone: layer → {width: L(W with that
+    layer at the width) − L(W)} over the batches (sample-weighted), activations in float. One
+    forward pass over the data per (layer, width); no quantized model is built or calibrated.
+    """
+    bits = tuple(sorted({int(b) for b in bits}))
+    if not batches:
+        raise DataError("perturbed_losses needs at least one (input, target) batch")
+    rounding = _rounding(layers, bits, weight_method)
+    total = sum(len(y) for _, y in batches)
+
+    def loss() -> float:
+        return sum(float(loss_fn(model(x), y)) * len(y) / total for x, y in batches)
+
+    base = loss()
+    if not math.isfinite(base):
+        raise NumericalError(f"the calibration loss is {base}; check the model and data")
+    out: dict[str, dict[int, float]] = {}
+    for n, m in layers.items():
+        w = m.weight.detach().clone()
+        out[n] = {}
+        try:
+            for b in bits:
+                m.weight.data.add_(rounding[n][b])
+                out[n][b] = loss() - base
+                m.weight.data.copy_(w)
+        finally:
+            m.weight.data.copy_(w)
+    return out

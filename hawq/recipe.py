@@ -19,7 +19,7 @@ else:  # pragma: no cover
 from .errors import ConfigError
 from .hessian import ENGINES
 from .legalize import ORT_INT8, TARGETS
-from .sensitivity import OMEGA_TRACES
+from .sensitivity import DEFAULT_SENSITIVITY, OMEGA_TRACES, SENSITIVITIES
 from .models import BUILDERS, checkpoint_path
 from .zoo import MODELS as TORCHVISION_MODELS
 
@@ -32,7 +32,7 @@ DATA_WORDS = {"embedded": ("embedded", "download"), "torchvision": ("synthetic",
 KEYS = {
     "model": ("name", "weights", "checkpoint"),
     "data": ("folder", "calibration", "evaluation", "batch_size"),
-    "profile": ("bits", "rel_tol", "max_probes", "probes_per_batch", "seed", "engine", "omega_trace"),
+    "profile": ("bits", "rel_tol", "max_probes", "probes_per_batch", "seed", "engine", "omega_trace", "sensitivity"),
     "solve": ("candidates", "budgets", "pin_first_last"),
     "export": ("budget_index", "opset", "target", "int8"),
 }
@@ -57,6 +57,7 @@ class Recipe:
     seed: int = 0
     engine: str = "auto"  # HVP engine: "auto" times one probe of each
     omega_trace: str = "upper"  # the trace Ω uses: "upper" (95% bound) | "mean" (see hawq.profile)
+    sensitivity: str = DEFAULT_SENSITIVITY  # how Ω is made: "trace" | "perturbed" (see hawq.profile)
     candidates: tuple[int, ...] = (2, 4, 8)
     budgets: tuple[dict[str, float], ...] = ({"uniform_bits": 8}, {"uniform_bits": 4}, {"uniform_bits": 3})
     pin_first_last: bool = True
@@ -233,6 +234,7 @@ def load_recipe(path: str | Path) -> Recipe:
         seed=_get(pr, "seed", int, 0, "profile"),
         engine=_choice(pr, "engine", ("auto", *ENGINES), "auto", "profile"),
         omega_trace=_choice(pr, "omega_trace", OMEGA_TRACES, "upper", "profile"),
+        sensitivity=_choice(pr, "sensitivity", SENSITIVITIES, DEFAULT_SENSITIVITY, "profile"),
         candidates=candidates,
         budgets=budgets,
         pin_first_last=_get(so, "pin_first_last", bool, True, "solve"),

@@ -6,7 +6,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ from .artifacts import fingerprint_obj, fingerprint_tensors, read_json, write_js
 from .errors import ArtifactError, ConfigError, DataError
 from .graph import trace_layers
 from .hessian import TraceResult, TraceState, activation_traces, choose_k, hutchinson_traces, world
+from .perturbation import perturbed_losses
 from .rewrite import fold_bn
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,8 @@ def _check_loaded(prof: "Profile") -> None:
 
 
 OMEGA_TRACES = ("upper", "mean")
+SENSITIVITIES = ("trace", "perturbed")
+DEFAULT_SENSITIVITY = "trace"
 Z95 = 1.96  # the upper end of a two-sided 95% interval
 
 
@@ -195,6 +198,7 @@ def profile(
     a_bits: Iterable[int] = (),
     act_symmetric: bool = False,
     omega_trace: str = "upper",
+    sensitivity: str = DEFAULT_SENSITIVITY,
 ) -> Profile:
     """Per-layer Hessian traces (Hutchinson, Rademacher probes over all layers at once) and Ω(b).
 
@@ -215,6 +219,11 @@ def profile(
     width with "mean" (the trace clamps at 0), so the ILP spends it first; "upper" charges it what
     the noise allows. On the embedded MobileNetV2 that moved the ILP's plans at the 4- to 3-bit
     sizes up by 4.4 to 8.9 points; on ResNet-20, whose traces are well resolved, no plan changed.
+    `sensitivity`: how Ω(b) is made (SENSITIVITIES). "trace": HAWQ-V2's Tr(H)/n · ‖ΔW‖² above.
+    "perturbed": the exact loss change of rounding that layer alone at b (hawq.perturbation.
+    perturbed_losses: one forward pass over the data per layer and width, no probes, no noise);
+    a layer's `trace` then holds the trace an isotropic model would need for the same Ω at the
+    narrowest width (n · Ω / ‖ΔW‖²), with no standard error and 0 probes.
     """
     t0 = time.time()
     bits, a_bits = _widths(bits, "bits"), _widths(a_bits, "a_bits")
@@ -233,9 +242,13 @@ def profile(
                           f"max_probes), not {rel_tol!r}")
     if omega_trace not in OMEGA_TRACES:
         raise ConfigError(f"omega_trace must be one of {', '.join(OMEGA_TRACES)}, not {omega_trace!r}")
+    if sensitivity not in SENSITIVITIES:
+        raise ConfigError(f"sensitivity must be one of {', '.join(SENSITIVITIES)}, not {sensitivity!r}")
     settings = {"rel_tol": rel_tol, "max_probes": max_probes, "min_probes": min_probes, "seed": seed,
                 "probes_per_batch": probes_per_batch, "weight_method": weight_method, "bits": list(bits)}
-    if omega_trace != "mean":  # profiles made before the choice existed used the mean: their caches still match
+    if sensitivity != "trace":  # trace profiles made before the choice existed keep their fingerprints
+        settings["sensitivity"] = sensitivity
+    elif omega_trace != "mean":  # profiles made before the choice existed used the mean: their caches still match
         settings["omega_trace"] = omega_trace
     if a_bits:  # only then: profiles of weights alone keep their fingerprints
         settings.update(a_bits=list(a_bits), act_symmetric=act_symmetric)
@@ -253,22 +266,27 @@ def profile(
     mods = dict(folded.named_modules())
     weights = {l.name: mods[l.name].weight for l in graph.layers}
     sq = {n: {b: quant.weight_sq_error(w, b, weight_method) for b in bits} for n, w in weights.items()}
-    importance = {n: sq[n][bits[0]] / weights[n].numel() for n in weights}
     checkpoint = None if cache is None else Path(f"{cache}.partial")
     k = probes_per_batch
-    if k == "auto":
-        params = list(weights.values())
-        try:
-            k = choose_k(folded, loss_fn, batches[0], params, "jvp_vmap" if engine == "auto" else engine)
-        except Exception as e:  # noqa: BLE001 — an engine without a rule for some op: measure another
-            log.info("measuring probe memory with jvp_vmap failed (%s); using double_backward_batched", e)
-            k = choose_k(folded, loss_fn, batches[0], params, "double_backward_batched")
-    est = hutchinson_traces(folded, loss_fn, batches, weights, importance=importance, rel_tol=rel_tol,
-                            max_probes=max_probes, min_probes=min_probes, probes_per_batch=k,
-                            seed=seed, engine=engine, progress=progress,
-                            state=None if checkpoint is None else _load_checkpoint(checkpoint, fingerprints, list(weights)),
-                            on_round=None if checkpoint is None else lambda st: _save_checkpoint(checkpoint, fingerprints, st))
-    unconverged, extra = list(est.unconverged), {}
+    if k == "auto" and (sensitivity == "trace" or a_bits):
+        k = _auto_k(folded, loss_fn, batches[0], list(weights.values()), engine)
+    if sensitivity == "perturbed":
+        deltas = perturbed_losses(folded, loss_fn, batches, {n: mods[n] for n in weights}, bits, weight_method=weight_method)
+        weight_stats = {n: _Stat(_effective_trace(deltas[n], sq[n], weights[n].numel())) for n in weights}
+        omegas = {n: {b: max(v, 0.0) for b, v in deltas[n].items()} for n in weights}
+        unconverged, extra = [], {}
+    else:
+        importance = {n: sq[n][bits[0]] / weights[n].numel() for n in weights}
+        est = hutchinson_traces(folded, loss_fn, batches, weights, importance=importance, rel_tol=rel_tol,
+                                max_probes=max_probes, min_probes=min_probes, probes_per_batch=k,
+                                seed=seed, engine=engine, progress=progress,
+                                state=None if checkpoint is None else _load_checkpoint(checkpoint, fingerprints, list(weights)),
+                                on_round=None if checkpoint is None else lambda st: _save_checkpoint(checkpoint, fingerprints, st))
+        weight_stats = est.layers
+        z = omega_z(omega_trace)
+        omegas = {n: omega_table(_checked_trace(n, "", est.layers[n], z), sq[n], weights[n].numel()) for n in weights}
+        unconverged = list(est.unconverged)
+        extra = {"engine": est.engine, "probes": est.probes, "rounds": est.rounds}
     act: TraceResult | None = None
     if a_bits:
         elems = {l.name: math.prod(l.in_shape) for l in graph.layers}
@@ -281,12 +299,11 @@ def profile(
             state=None if act_checkpoint is None else _load_checkpoint(act_checkpoint, fingerprints, list(elems)),
             on_round=None if act_checkpoint is None else lambda st: _save_checkpoint(act_checkpoint, fingerprints, st))
         unconverged += [f"{n} (input)" for n in act.unconverged]
-        extra = {"act_engine": act.engine, "act_probes": act.probes}
+        extra.update(act_engine=act.engine, act_probes=act.probes)
     layers = []
     z = omega_z(omega_trace)
     for l in graph.layers:
-        tr = _checked_trace(l.name, "", est.layers[l.name], z)
-        e = est.layers[l.name]
+        e = weight_stats[l.name]
         n_x = math.prod(l.in_shape)
         row: dict[str, Any] = {"act_elems": n_x}
         if act is not None:
@@ -294,15 +311,37 @@ def profile(
             row.update(act_trace=a.mean, act_trace_se=a.se, act_sq_error=act_sq[l.name],
                        act_omega=omega_table(_checked_trace(l.name, " input", a, z), act_sq[l.name], n_x))
         layers.append(LayerProfile(l.name, l.kind, l.weight_shape, l.params, l.macs, e.mean, e.se, e.n, sq[l.name],
-                                   omega_table(tr, sq[l.name], l.params), **row))
-    result = Profile(tuple(layers), bits, graph.groups, tuple(unconverged), fingerprints,
-                     {**settings, "engine": est.engine, "probes": est.probes, "rounds": est.rounds, "k": k, **extra},
+                                   omegas[l.name], **row))
+    result = Profile(tuple(layers), bits, graph.groups, tuple(unconverged), fingerprints, {**settings, "k": k, **extra},
                      time.time() - t0, graph.residual, a_bits)
     if cache is not None and world()[0] == 0:
         result.save(cache)
         checkpoint.unlink(missing_ok=True)
         Path(f"{cache}.act.partial").unlink(missing_ok=True)
     return result
+
+
+class _Stat(NamedTuple):
+    """A deterministic stand-in for a trace estimate: mean, no standard error, no probes."""
+    mean: float
+    se: float = 0.0
+    n: int = 0
+
+
+def _effective_trace(delta: dict[int, float], sq: dict[int, float], params: int) -> float:
+    """n · Ω / ‖ΔW‖² at the narrowest width: the trace HAWQ-V2's isotropic model would need to give
+    the measured Ω there (0 when the rounding is exact or lowers the loss)."""
+    b = min(delta)
+    return params * max(delta[b], 0.0) / sq[b] if sq[b] > 0 else 0.0
+
+
+def _auto_k(folded: nn.Module, loss_fn: Callable, batch, params: list, engine: str) -> int:
+    """probes_per_batch="auto": the most probes per batch whose memory fits (hawq.hessian.choose_k)."""
+    try:
+        return choose_k(folded, loss_fn, batch, params, "jvp_vmap" if engine == "auto" else engine)
+    except Exception as e:  # noqa: BLE001 — an engine without a rule for some op: measure another
+        log.info("measuring probe memory with jvp_vmap failed (%s); using double_backward_batched", e)
+        return choose_k(folded, loss_fn, batch, params, "double_backward_batched")
 
 
 def _checked_trace(name: str, what: str, e, z: float = 0.0) -> float:

@@ -9,7 +9,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from hawq.baselines import (eigen_sensitivity, greedy_plan, hessian_sensitivity, inverted_sensitivity,
-                            measured_deltas, random_sensitivity, resensitized)
+                            measured_deltas, output_error_sensitivity, random_sensitivity, resensitized,
+                            with_omegas)
 from hawq.errors import ConfigError, InfeasibleBudgetError
 from hawq.guard import GuardCache, quantize_plan
 from hawq.rewrite import fold_bn
@@ -129,3 +130,24 @@ def test_measured_deltas_are_single_layer_loss_changes():
     at2 = evaluate(quantize_plan(model, fixed_plan(prof, {"0": 8, "2": 2, "4": 8}, label="c"), data, cache), data)[1]
     assert d["2"][8] == 0.0 and d["2"][2] == pytest.approx(at2 - base, abs=1e-7)
     assert d["2"][2] > d["2"][4]  # 2-bit weights hurt more than 4-bit ones
+
+
+def test_with_omegas_replaces_the_table_and_the_ilp_follows_it():
+    prof = toy_profile([1.0, 1.0], [100, 100])
+    # l0 hurts at every width, l1 costs nothing: under a budget that forces one layer to 2 bits it is l1
+    table = {"l0": {2: 5.0, 4: 1.0, 8: 0.0}, "l1": {2: -0.5, 4: 0.0, 8: 0.0}}
+    p = with_omegas(prof, table)
+    assert p.layers[0].omega == {2: 5.0, 4: 1.0, 8: 0.0} and p.layers[1].omega[2] == 0.0  # clamped at 0
+    budget = Budget(megabytes=(100 * 8 + 100 * 2) / 8e6)
+    plan = solve(p, budget, bits=BITS, pins={})
+    assert {n: wa[0] for n, wa in plan.assignment().items()} == {"l0": 8, "l1": 2}
+
+
+def test_output_error_sensitivity_grows_as_widths_narrow():
+    model = tiny_model()
+    data = tiny_data(model)
+    prof = profile(model, F.cross_entropy, data, BITS, max_probes=4, min_probes=2)
+    s = output_error_sensitivity(model, F.cross_entropy, data, prof)
+    assert set(s) == set(prof.names)
+    for row in s.values():
+        assert row[2] > row[4] > row[8] >= 0

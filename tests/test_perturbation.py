@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from hawq import quant
 from hawq.errors import ConfigError
-from hawq.perturbation import perturbation_terms
+from hawq.perturbation import output_error_scores, perturbation_terms, perturbed_losses
 
 
 class TwoBranch(nn.Module):
@@ -102,3 +102,67 @@ def test_bad_calls_say_so():
         perturbation_terms(model, F.mse_loss, _data(1), {"a": model.a}, (4,), curvature="fisher")
     with pytest.raises(ConfigError, match="at least one layer"):
         perturbation_terms(model, F.mse_loss, _data(1), {}, (4,))
+
+
+class ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1, stride=2)
+        self.fc = nn.Linear(4 * 3 * 3, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def _images(seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(6 + i, 2, 6, 6, generator=g), torch.randint(0, 3, (6 + i,), generator=g)) for i in range(2)]
+
+
+def test_perturbed_losses_are_the_loss_with_one_layer_rounded():
+    torch.manual_seed(3)
+    model, batches = ConvNet().eval(), _images()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    got = perturbed_losses(model, F.cross_entropy, batches, {"conv": model.conv, "fc": model.fc}, (2, 8))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # weights restored
+    total = sum(len(y) for _, y in batches)
+
+    def loss(m):
+        with torch.no_grad():
+            return sum(float(F.cross_entropy(m(x), y)) * len(y) / total for x, y in batches)
+
+    for name in ("conv", "fc"):
+        for b in (2, 8):
+            q = ConvNet().eval()
+            q.load_state_dict(before)
+            w = getattr(q, name).weight
+            with torch.no_grad():
+                w.copy_(quant.fake_quant_weight(w, b, "mse")[0])
+            assert got[name][b] == pytest.approx(loss(q) - loss(model), rel=1e-5, abs=1e-8)
+    assert got["conv"][2] > got["conv"][8]
+
+
+def test_output_error_scores_match_the_definition():
+    torch.manual_seed(4)
+    model, batches = ConvNet().eval(), _images()
+    for p_ in model.parameters():
+        p_.requires_grad_(False)  # a frozen model still scores, and stays frozen
+    got = output_error_scores(model, F.cross_entropy, batches, {"conv": model.conv, "fc": model.fc}, (2, 4))
+    assert not any(p_.requires_grad for p_ in model.parameters())
+    want = {n: {b: 0.0 for b in (2, 4)} for n in ("conv", "fc")}
+    for x, y in batches:
+        h = model.conv(x).requires_grad_(True)
+        hin = torch.relu(h).flatten(1).detach().requires_grad_(True)
+        z = model.fc(hin)
+        g_fc = torch.autograd.grad(F.cross_entropy(z, y), z)[0]
+        g_conv = torch.autograd.grad(F.cross_entropy(model.fc(torch.relu(h).flatten(1)), y), h)[0]
+        for b in (2, 4):
+            wq = quant.fake_quant_weight(model.conv.weight, b, "mse")[0]
+            yq = F.conv2d(x, wq, model.conv.bias, 2, 1)
+            want["conv"][b] += float(((g_conv * (yq - model.conv(x))) ** 2).sum())
+            fq = quant.fake_quant_weight(model.fc.weight, b, "mse")[0]
+            want["fc"][b] += float(((g_fc * (F.linear(hin, fq, model.fc.bias) - model.fc(hin))) ** 2).sum().detach())
+    for n in want:
+        for b in want[n]:
+            assert got[n][b] == pytest.approx(want[n][b], rel=1e-4)
+    assert got["fc"][2] > got["fc"][4] > 0

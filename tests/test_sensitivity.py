@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 from hawq import quant
 from hawq.errors import ArtifactError, DataError, NumericalError
+from hawq.rewrite import fold_bn
 from hawq.sensitivity import Profile, profile
 
 
@@ -85,6 +86,39 @@ def test_activation_omega_formula_and_round_trip(tmp_path):
     assert bare.act_bits == () and all(l.act_trace is None for l in bare.layers)
     assert [l.trace for l in bare.layers] == [l.trace for l in p.layers]  # weight traces are unaffected
     assert [l.act_elems for l in bare.layers] == [64, 4 * 6 * 6, 8 * 2 * 2]
+
+
+def test_perturbed_sensitivity_is_the_loss_change_of_each_layer_rounded(tmp_path):
+    m = small_cnn()
+    before = copy.deepcopy(m.state_dict())
+    p = profile(m, F.cross_entropy, batches(), bits=(2, 4, 8), sensitivity="perturbed", cache=tmp_path / "p.json")
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert p.settings["sensitivity"] == "perturbed" and "probes" not in p.settings and not p.unconverged
+    data = batches()
+
+    def loss(model):
+        with torch.no_grad():
+            return sum(float(F.cross_entropy(model(x), y)) * len(y) for x, y in data) / sum(len(y) for _, y in data)
+
+    folded = fold_bn(m).eval()
+    base = loss(folded)
+    for l in p.layers:
+        assert l.probes == 0 and l.trace_se == 0
+        for b in (2, 4, 8):
+            q = copy.deepcopy(folded)
+            w = dict(q.named_modules())[l.name].weight
+            with torch.no_grad():
+                w.copy_(quant.fake_quant_weight(w, b, "mse")[0])
+            assert l.omega[b] == pytest.approx(max(loss(q) - base, 0.0), rel=1e-4, abs=1e-8)
+        assert l.trace == pytest.approx(l.params * l.omega[2] / l.sq_error[2])
+    assert Profile.load(tmp_path / "p.json") == p
+    trace = profile(m, F.cross_entropy, batches(), bits=(2, 4, 8), max_probes=4)
+    assert "sensitivity" not in trace.settings  # trace profiles keep the fingerprints they had
+    with pytest.raises(ValueError, match="sensitivity"):
+        profile(m, F.cross_entropy, batches(), bits=(2, 4), sensitivity="fisher")
+    x, y = data[0]
+    with pytest.raises(NumericalError):
+        profile(m, F.cross_entropy, [(x * float("nan"), y)], bits=(2, 8), sensitivity="perturbed")
 
 
 def test_round_trip_and_model_unchanged(tmp_path):
