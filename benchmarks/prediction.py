@@ -1,7 +1,7 @@
 """Does a sensitivity model predict the damage a plan does? Spearman correlation between predicted
 and measured calibration-loss increase over random plans.
 
-    python benchmarks/prediction.py                         # both embedded models
+    python benchmarks/prediction.py                         # the three embedded models
     python benchmarks/prediction.py --models resnet20 --plans 30
 
 For each model, at three weight budgets spanning 3-6 uniform-equivalent bits (first and last
@@ -23,7 +23,8 @@ the float model's. Each sensitivity model predicts that increase:
 Prints one JSON line per model and sensitivity: `model, sensitivity, spearman` (the mean over the
 budgets of the within-budget correlation), `spearman_pooled` (all plans together), `per_budget`,
 `plans`, `seconds` (time to compute that sensitivity on this machine's threads), and one line per
-plan (`kind: "plan"`) with the measured and predicted values, to OUT/prediction.jsonl.
+plan (`kind: "plan"`) with the measured and predicted values, to OUT/prediction.jsonl. A model
+whose summary is already there is not recomputed: an interrupted run resumes at the next model.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ from hawq.rewrite import fold_bn
 from hawq.sensitivity import profile
 from hawq.solver import Budget, default_pins, solve, uniform_plan
 
-MODELS = ("resnet20", "mobilenetv2_fashion")
+MODELS = ("resnet20", "mobilenetv2_fashion", "vit_fashion")
 CANDIDATES = (2, 4, 8)
 BUDGETS = (3.0, 4.5, 6.0)
 
@@ -82,7 +83,19 @@ def spearman(a: list[float], b: list[float]) -> float:
     return num / den if den else 0.0
 
 
+def done_summary(path: Path, name: str) -> list[dict]:
+    """The summary rows already written for `name`: a model finished by an earlier run is skipped."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("model") == name and "sensitivity" in r]
+
+
 def run_model(name: str, out: Path, n_plans: int, max_probes: int, log) -> list[dict]:
+    done = done_summary(out / "prediction.jsonl", name)
+    if done:
+        log(f"{name}: already in {out / 'prediction.jsonl'}, skipped")
+        return done
     model = load_embedded(name)
     cal, _ = D.calibration_and_eval()
     batches = list(D.loader(cal, 200))

@@ -1,12 +1,12 @@
 """Quality at a budget: hawq's plan against every other allocation a user could make, at the same size.
 
-    python benchmarks/quality.py                       # both embedded models, all budgets
+    python benchmarks/quality.py                       # the three embedded models, all budgets
     python benchmarks/quality.py --models resnet20     # one model
 
-For the embedded ResNet-20 and the MobileNetV2-style network (both trained on Fashion-MNIST by
-`python -m hawq.train`), at weight budgets equal to uniform 8-, 4- and 3-bit weights and two
-points between 3 and 4 bits (first and last layers at 8 bits in every method; mixed methods
-choose among 2, 4 and 8 bits), prints one JSON line per model, budget and method:
+For the embedded ResNet-20, the MobileNetV2-style network and the small vision transformer (all
+trained on Fashion-MNIST by `python -m hawq.train`), at weight budgets equal to uniform 8-, 4- and
+3-bit weights, two points between 3 and 4 bits, and 2.5 bits (first and last layers at 8 bits in
+every method; mixed methods choose among 2, 4 and 8 bits), prints one JSON line per model, budget and method:
 `model, budget_bits, method, accuracy, calibration_loss, weight_bytes` (plus avg_bits, label).
 
 Methods: fp32; uniform (between widths: the widest uniform plan that fits); hawq (the ILP on
@@ -44,10 +44,10 @@ from hawq.models import load_embedded
 from hawq.sensitivity import DEFAULT_SENSITIVITY, SENSITIVITIES, profile
 from hawq.solver import Budget, solve, uniform_plan
 
-MODELS = ("resnet20", "mobilenetv2_fashion")
+MODELS = ("resnet20", "mobilenetv2_fashion", "vit_fashion")
 PROFILE_BITS = (2, 3, 4, 8)
 CANDIDATES = (2, 4, 8)
-BUDGETS = (8.0, 4.0, 3.0 + 2 / 3, 3.0 + 1 / 3, 3.0)
+BUDGETS = (8.0, 4.0, 3.0 + 2 / 3, 3.0 + 1 / 3, 3.0, 2.5)
 
 
 def budget_bytes(prof, bits: float) -> float:

@@ -1,5 +1,6 @@
 """The embedded models for 1x28x28 input and their checkpoints: the default CIFAR-style ResNet-20,
-and a MobileNetV2-style network (depthwise convolutions) for the quality benchmark."""
+a MobileNetV2-style network (depthwise convolutions) and a small vision transformer for the
+quality benchmark."""
 from __future__ import annotations
 
 from importlib import resources
@@ -11,7 +12,8 @@ from torch import nn
 from .errors import ArtifactError
 
 DEFAULT_CHECKPOINT = "resnet20_fashion.pt"
-CHECKPOINTS = {"resnet20": DEFAULT_CHECKPOINT, "mobilenetv2_fashion": "mobilenetv2_fashion.pt"}
+CHECKPOINTS = {"resnet20": DEFAULT_CHECKPOINT, "mobilenetv2_fashion": "mobilenetv2_fashion.pt",
+               "vit_fashion": "vit_fashion.pt"}
 
 
 class BasicBlock(nn.Module):
@@ -105,7 +107,60 @@ def mobilenetv2_fashion(in_channels: int = 1, num_classes: int = 10) -> MobileNe
     return MobileNetV2Fashion(in_channels, num_classes)
 
 
-BUILDERS = {"resnet20": resnet20, "mobilenetv2_fashion": mobilenetv2_fashion}
+class Attention(nn.Module):
+    """Multi-head self-attention with its projections as plain Linear layers (so each is a
+    quantizable layer), written out in matmuls and a softmax: every op has second derivatives."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, c = x.shape
+        q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        att = torch.softmax(q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5, dim=-1)
+        return self.proj((att @ v).transpose(1, 2).reshape(n, t, c))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer block: x + attention(LN(x)), then x + MLP(LN(x)) with GELU."""
+
+    def __init__(self, dim: int, heads: int, mlp: int) -> None:
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm2, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, mlp), nn.Linear(mlp, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(nn.functional.gelu(self.fc1(self.norm2(x))))
+
+
+class ViTFashion(nn.Module):
+    """A small vision transformer for 28x28: 4x4 patches (a strided conv) to 49 tokens of width 64
+    with learned positions, 4 pre-norm blocks (4 heads, MLP 128), mean pooling, one linear."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, dim: int = 64, depth: int = 4, heads: int = 4,
+                 mlp: int = 128, patch: int = 4) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(in_channels, dim, patch, patch)
+        self.pos = nn.Parameter(torch.zeros(1, (28 // patch) ** 2, dim))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.blocks = nn.Sequential(*[EncoderBlock(dim, heads, mlp) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        return self.head(self.norm(self.blocks(x)).mean(1))
+
+
+def vit_fashion(in_channels: int = 1, num_classes: int = 10) -> ViTFashion:
+    return ViTFashion(in_channels, num_classes)
+
+
+BUILDERS = {"resnet20": resnet20, "mobilenetv2_fashion": mobilenetv2_fashion, "vit_fashion": vit_fashion}
 
 
 def checkpoint_path(name: str) -> Path:

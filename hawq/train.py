@@ -2,6 +2,7 @@
 
     python -m hawq.train --epochs 4 --out hawq/assets/resnet20_fashion.pt
     python -m hawq.train --model mobilenetv2_fashion --epochs 4 --out hawq/assets/mobilenetv2_fashion.pt
+    python -m hawq.train --model vit_fashion --epochs 6 --optimizer adamw --lr 0.002 --out hawq/assets/vit_fashion.pt
 """
 from __future__ import annotations
 
@@ -15,15 +16,22 @@ from torch import nn
 from . import data as D
 from .models import BUILDERS
 
+OPTIMIZERS = ("sgd", "adamw")
+
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int = 128,
-          lr: float = 0.1, seed: int = 0, log=print, device: str | torch.device = "cpu") -> nn.Module:
-    """SGD with momentum and a one-cycle schedule; random crop (pad 2) and horizontal flips.
+          lr: float = 0.1, seed: int = 0, log=print, device: str | torch.device = "cpu",
+          optimizer: str = "sgd") -> nn.Module:
+    """SGD with Nesterov momentum (weight decay 5e-4), or AdamW (weight decay 0.05, as vision
+    transformers train), under a one-cycle schedule; random crop (pad 2) and horizontal flips.
     Batches are drawn on the CPU (the same ones on every device) and moved to `device`."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     steps = epochs * ((len(y) + batch_size - 1) // batch_size)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {optimizer!r}")
+    opt = (torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05) if optimizer == "adamw" else
+           torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.25)
     model.train()
     for epoch in range(epochs):
@@ -59,12 +67,13 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     x, y = D.load_split("train", a.data_dir)
-    model = train(BUILDERS[a.model](), x, y, a.epochs, a.batch_size, a.lr, a.seed)
+    model = train(BUILDERS[a.model](), x, y, a.epochs, a.batch_size, a.lr, a.seed, optimizer=a.optimizer)
     cal, ev = D.calibration_and_eval()
     acc_cal, _ = D.evaluate(model, cal)
     acc_ev, _ = D.evaluate(model, ev)
