@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .artifacts import atomic_write_text
+from .guard_plot import guard_svg
 from .report import (ACCURACY_HEAD, CHANGE_HEAD, GUARD_HEAD, GUARD_NOTE, LayerRow, accuracy_cells, change_cells,
                      frontier_summary, frontier_svg, guard_caption, guard_rows, guarded, layer_rows)
 
@@ -166,12 +167,14 @@ def layer_section(profile, plans: Mapping) -> str:
 
 
 def guard_section(plans: Mapping) -> str:
-    """Per guarded plan: every candidate's predicted Ω and measured loss; "" when none was guarded."""
+    """Per guarded plan: every candidate's predicted Ω against its measured loss, as a plot and a
+    table; "" when none was guarded."""
     parts = []
     for name, g in guarded(plans):
         body = [_tr([_e(c) for c in cells], "hl" if chosen else "", (False, False, True, True, True, True))
                 for chosen, cells in guard_rows(g)]
         parts.append(f"<h3><code>{_e(name)}</code>: chose {_e(g['chosen'])}</h3><p>{_e(guard_caption(g))}</p>"
+                     + f"<figure>{guard_svg(g)}</figure>"
                      + _table(GUARD_HEAD, body, (False, False, True, True, True, True)))
     return f"<p>{_e(GUARD_NOTE)}</p>" + "".join(parts) if parts else ""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -12,6 +13,7 @@ from html.parser import HTMLParser
 import pytest
 
 from hawq.frontier import pareto
+from hawq.guard_plot import guard_svg
 from hawq.legalize import Change
 from hawq.onnx_export import ExportReport
 from hawq.onnx_verify import Verification
@@ -144,7 +146,7 @@ def test_html_has_every_section(run, page):
         assert f"<code>{l.name}</code>" in page
     for r in rows:
         assert all(c in page for c in accuracy_cells(r)), r
-    assert page.count("<svg") == 1 and "</svg>" in page
+    assert page.count("<svg") == 2 and "</svg>" in page  # the Pareto plot and the guard's candidates
     assert f"chosen: {frontier.chosen}" in page  # the chosen plan is marked in the plot
     assert '<tr><td>whole model</td><td>opset: 21 → 25</td><td class="wrap">INT2 weights (first: stage1.conv)' in page
     assert "<code>stage2.conv</code></td><td>weight_bits: W2 → W8</td>" in page
@@ -153,6 +155,23 @@ def test_html_has_every_section(run, page):
     assert "Measured-loss guard" in page and "0.4100" in page and "0.4700" in page
     for plan in plans:
         assert f"<th>{plan}</th>" in page
+
+
+def test_guard_plot_places_each_candidate_by_its_predicted_and_measured_loss():
+    g = {"chosen": "b", "candidates": [
+        {"label": "a", "kind": "optimum", "predicted_omega": 0.1, "calibration_loss": 0.50},
+        {"label": "b", "kind": "alternative", "predicted_omega": 0.2, "calibration_loss": 0.40},
+        {"label": "uniform-w4", "kind": "uniform", "predicted_omega": 0.4, "calibration_loss": 0.60},
+        {"label": "broken", "kind": "uniform", "predicted_omega": 0.3, "calibration_loss": float("inf")}]}
+    svg = guard_svg(g)
+    dots = {m[3]: (float(m[0]), float(m[1]), m[2]) for m in re.findall(
+        r'<circle cx="([\d.]+)" cy="([\d.]+)" r="5" fill="(#\w+)"><title>(\S+) ', svg)}
+    assert set(dots) == {"a", "b", "uniform-w4"}  # an infinite loss is left off, not drawn at the edge
+    assert dots["a"][0] < dots["b"][0] < dots["uniform-w4"][0]  # x grows with predicted Ω
+    assert dots["uniform-w4"][1] < dots["a"][1] < dots["b"][1]  # y grows upwards with measured loss
+    assert dots["a"][2] != dots["b"][2] != dots["uniform-w4"][2]
+    ring = re.search(r'<circle cx="([\d.]+)" cy="([\d.]+)" r="10"', svg)
+    assert (float(ring[1]), float(ring[2])) == dots["b"][:2]  # the chosen one is ringed
 
 
 def test_html_escapes_text(page):
