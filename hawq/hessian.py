@@ -47,6 +47,7 @@ class TraceResult:
     engine: str
     probes: int
     rounds: int
+    engine_seconds: float = 0.0  # spent choosing the engine (engine="auto"), not counted in the probes
 
 
 @dataclass
@@ -153,7 +154,9 @@ def rademacher(params: Sequence[torch.Tensor], k: int, seed: int, step: int) -> 
 
 def pick_engine(model, loss_fn, batch, params, k: int, engines: Sequence[str] = ENGINES, repeats: int = 2) -> str:
     """Time one k-probe HVP (graph included; best of `repeats`) with each engine on `batch` and
-    return the fastest that works.
+    return the fastest that works. An engine whose first (warm-up) run already takes 3× the best
+    time so far is not timed again: the choice costs about one probe per engine plus `repeats`
+    of the competitive ones.
     An engine that fails (an op without a forward-mode or double-backward rule) is skipped, with
     one log line saying which and why."""
     x, y = batch
@@ -162,7 +165,12 @@ def pick_engine(model, loss_fn, batch, params, k: int, engines: Sequence[str] = 
     for name in engines:
         try:
             with hvp_context():
+                t = time.perf_counter()
                 _ENGINE_FNS[name](model, loss_fn, x, y, params)(vs)  # warm-up
+                runs = [time.perf_counter() - t]
+                if times and runs[0] > 3 * min(times.values()):
+                    times[name] = runs[0]
+                    continue
                 runs = []
                 for _ in range(repeats):  # the best of a few: robust to a busy machine
                     t = time.perf_counter()
@@ -364,11 +372,13 @@ def _estimate(model, loss_fn, batches, names: list[str], probed, engines: Sequen
     importance = dict(importance or {})
     k = probes_per_batch
     per_round = len(batches) * k
+    choosing = time.perf_counter()
     if engine == "auto":
         with probed(batches[0][0]) as params:
             engine = pick_engine(model, loss_fn, batches[0], params, k, engines)
     elif engine not in _ENGINE_FNS:
         raise ConfigError(f"engine must be 'auto' or one of {ENGINES}, not {engine!r}")
+    choosing = time.perf_counter() - choosing
     make = _ENGINE_FNS[engine]
     state = state or TraceState(names)
     if state.names != names:
@@ -407,7 +417,7 @@ def _estimate(model, loss_fn, batches, names: list[str], probed, engines: Sequen
     est = state.estimates()
     sig = significant({n: e.mean for n, e in est.items()}, importance)
     unconverged = tuple(n for n in sig if _rel(est[n]) > rel_tol)
-    return TraceResult(est, unconverged, engine, state.n, state.rounds)
+    return TraceResult(est, unconverged, engine, state.n, state.rounds, choosing)
 
 
 def top_eigenvalues(

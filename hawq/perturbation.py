@@ -224,10 +224,13 @@ def output_error_scores(model: nn.Module, loss_fn: Callable, batches: Sequence, 
 
 @torch.no_grad()
 def perturbed_losses(model: nn.Module, loss_fn: Callable, batches: Sequence, layers: Mapping[str, nn.Module],
-                     bits: Sequence[int], *, weight_method: str = "mse") -> dict[str, dict[int, float]]:
+                     bits: Sequence[int], *, weight_method: str = "mse", done: Mapping[str, Mapping[int, float]] | None = None,
+                     on_layer: Callable[[dict[str, dict[int, float]]], None] | None = None) -> dict[str, dict[int, float]]:
     """The exact loss change of rounding one layer's weights alone: layer → {width: L(W with that
     layer at the width) − L(W)} over the batches (sample-weighted), activations in float. One
     forward pass over the data per (layer, width); no quantized model is built or calibrated.
+    `done`: layers already measured (an interrupted run's), kept as they are; `on_layer(table)`
+    is called after each layer with everything measured so far (to checkpoint it).
     """
     bits = tuple(sorted({int(b) for b in bits}))
     if not batches:
@@ -241,8 +244,10 @@ def perturbed_losses(model: nn.Module, loss_fn: Callable, batches: Sequence, lay
     base = loss()
     if not math.isfinite(base):
         raise NumericalError(f"the calibration loss is {base}; check the model and data")
-    out: dict[str, dict[int, float]] = {}
+    out: dict[str, dict[int, float]] = {n: dict(done[n]) for n in layers if done and n in done}
     for n, m in layers.items():
+        if n in out:
+            continue
         w = m.weight.detach().clone()
         out[n] = {}
         try:
@@ -252,4 +257,6 @@ def perturbed_losses(model: nn.Module, loss_fn: Callable, batches: Sequence, lay
                 m.weight.data.copy_(w)
         finally:
             m.weight.data.copy_(w)
+        if on_layer is not None:
+            on_layer(out)
     return out

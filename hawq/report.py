@@ -57,6 +57,20 @@ def layer_rows(profile, plans: Mapping) -> list[LayerRow]:
                      tuple(c[l.name][0] for c in choice)) for l in profile.layers]
 
 
+def sensitivity_note(profile) -> str:
+    """One sentence on how the profile's Ω was made, for both reports.
+
+    profile: a hawq Profile.
+    """
+    if profile.settings.get("sensitivity") == "perturbed":
+        return ("Ω(b): the calibration-loss change of rounding that layer's weights alone to b bits, measured (one "
+                "forward pass over the calibration data per layer and width, activations in float; no probes, no "
+                "noise); the trace column is the trace an isotropic model Tr(H)/n · ‖Q_b(W) − W‖² would need for the "
+                "same Ω at the narrowest width.")
+    return (f"Hutchinson traces ({profile.settings.get('probes', '?')} probes, target relative standard error "
+            f"{profile.settings.get('rel_tol', '?')}); Ω(b) = Tr(H)/n · ‖Q_b(W) − W‖².")
+
+
 def accuracy_cells(row) -> tuple[str, ...]:
     """The ACCURACY_HEAD cells of one pipeline Row."""
     b = "–" if row.budget_bits is None else f"W{row.budget_bits:g} size"
@@ -161,9 +175,7 @@ def write_report(path: str | Path, title: str, profile, plans: Mapping, rows: Se
     """
     lines = [f"# hawq report: {title}", "", "## Accuracy at each budget", ""]
     lines += accuracy_table(rows)
-    lines += ["", "## Per-layer profile and chosen weight bits", "",
-              f"Hutchinson traces ({profile.settings.get('probes', '?')} probes, target relative standard error "
-              f"{profile.settings.get('rel_tol')}); Ω(b) = Tr(H)/n · ‖Q_b(W) − W‖²."]
+    lines += ["", "## Per-layer profile and chosen weight bits", "", sensitivity_note(profile)]
     if profile.unconverged:
         lines.append(f"Layers that did not reach the target: {', '.join(profile.unconverged)}.")
     lines.append("")

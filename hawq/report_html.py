@@ -9,7 +9,8 @@ from typing import Mapping, Sequence
 from .artifacts import atomic_write_text
 from .guard_plot import guard_svg
 from .report import (ACCURACY_HEAD, CHANGE_HEAD, GUARD_HEAD, GUARD_NOTE, LayerRow, accuracy_cells, change_cells,
-                     frontier_summary, frontier_svg, guard_caption, guard_rows, guarded, layer_rows)
+                     frontier_summary, frontier_svg, guard_caption, guard_rows, guarded, layer_rows,
+                     sensitivity_note)
 
 CSS = """
 :root { color-scheme: light; }
@@ -103,12 +104,16 @@ def summary_cards(title: str, profile, plans: Mapping, rows: Sequence, export_re
     exported = next((r for r in rows if r.label == export_name), None)
     v = export_report.verification
     probes = [l.probes for l in profile.layers]
+    if profile.settings.get("sensitivity") == "perturbed":
+        how = ("sensitivity", "perturbed losses", f"{len(profile.layers) * len(profile.bits)} forward passes, no probes")
+    else:
+        how = ("Hessian probes", f"{min(probes)}" + (f"–{max(probes)}" if max(probes) > min(probes) else ""),
+               f"target rel. std error {profile.settings.get('rel_tol', '?')}"
+               + (f"; {len(profile.unconverged)} unconverged" if profile.unconverged else ""))
     cards = [
         ("recipe", title, ""),
         ("quantizable layers", f"{len(profile.layers)}", f"{sum(l.params for l in profile.layers):,} weights"),
-        ("Hessian probes", f"{min(probes)}" + (f"–{max(probes)}" if max(probes) > min(probes) else ""),
-         f"target rel. std error {profile.settings.get('rel_tol', '?')}"
-         + (f"; {len(profile.unconverged)} unconverged" if profile.unconverged else "")),
+        how,
         ("plans", f"{len(plans)}", ", ".join(plans)),
         ("fp32 accuracy", "–" if fp32 is None else f"{100 * fp32.accuracy:.2f}%",
          "" if fp32 is None else f"{fp32.weight_bytes / 1e6:.4f} MB"),
@@ -156,8 +161,7 @@ def layer_section(profile, plans: Mapping) -> str:
     num = [False, True, True, False] + [True] * (2 + len(bits))
     seen = sorted({b for r in rows for b in r.bits})
     legend = "".join(f'<span class="w {_width_class(b)}">{b}</span>' for b in seen)
-    note = (f"<p>Hutchinson traces (target relative standard error {_e(profile.settings.get('rel_tol', '?'))}); "
-            "Ω(b) = Tr(H)/n · ‖Q_b(W) − W‖²; the bar is the trace relative to the largest; hover the interval "
+    note = (f"<p>{_e(sensitivity_note(profile))} The bar is the trace relative to the largest; hover the interval "
             "for its bounds.</p>")
     if profile.unconverged:
         note += f"<p>Layers that did not reach the target: {_e(', '.join(profile.unconverged))}.</p>"

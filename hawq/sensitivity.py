@@ -6,7 +6,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -271,7 +271,10 @@ def profile(
     if k == "auto" and (sensitivity == "trace" or a_bits):
         k = _auto_k(folded, loss_fn, batches[0], list(weights.values()), engine)
     if sensitivity == "perturbed":
-        deltas = perturbed_losses(folded, loss_fn, batches, {n: mods[n] for n in weights}, bits, weight_method=weight_method)
+        deltas = perturbed_losses(
+            folded, loss_fn, batches, {n: mods[n] for n in weights}, bits, weight_method=weight_method,
+            done=None if checkpoint is None else _load_perturbed(checkpoint, fingerprints, bits),
+            on_layer=None if checkpoint is None else lambda t: _save_perturbed(checkpoint, fingerprints, t))
         weight_stats = {n: _Stat(_effective_trace(deltas[n], sq[n], weights[n].numel())) for n in weights}
         omegas = {n: {b: max(v, 0.0) for b, v in deltas[n].items()} for n in weights}
         unconverged, extra = [], {}
@@ -286,7 +289,8 @@ def profile(
         z = omega_z(omega_trace)
         omegas = {n: omega_table(_checked_trace(n, "", est.layers[n], z), sq[n], weights[n].numel()) for n in weights}
         unconverged = list(est.unconverged)
-        extra = {"engine": est.engine, "probes": est.probes, "rounds": est.rounds}
+        extra = {"engine": est.engine, "probes": est.probes, "rounds": est.rounds,
+                 "engine_seconds": round(est.engine_seconds, 3)}
     act: TraceResult | None = None
     if a_bits:
         elems = {l.name: math.prod(l.in_shape) for l in graph.layers}
@@ -406,6 +410,28 @@ def _load_checkpoint(path: Path, fingerprints: dict[str, str], names: list[str])
         return None
     log.info("resuming the profile from %s (%d probes done)", path, state.n)
     return state
+
+
+def _save_perturbed(path: Path, fingerprints: dict[str, str], table: Mapping[str, Mapping[int, float]]) -> None:
+    write_json(path, {"format": f"hawq.{FORMAT}-checkpoint/{VERSION}", "fingerprints": fingerprints,
+                      "perturbed": {n: {str(b): v for b, v in row.items()} for n, row in table.items()}})
+
+
+def _load_perturbed(path: Path, fingerprints: dict[str, str], bits: Sequence[int]) -> dict[str, dict[int, float]] | None:
+    """The layers an interrupted perturbed profile with the same weights, data and settings measured, or None."""
+    if not path.is_file():
+        return None
+    try:
+        d = read_json(path, f"{FORMAT}-checkpoint", VERSION)
+        table = {str(n): {int(b): float(v) for b, v in row.items()} for n, row in d["perturbed"].items()}
+    except (ArtifactError, AttributeError, KeyError, TypeError, ValueError) as e:
+        log.warning("ignoring the profiling checkpoint %s: %s", path, e)
+        return None
+    if d.get("fingerprints") != fingerprints or any(set(row) != set(bits) for row in table.values()):
+        log.info("the profiling checkpoint %s was made from other inputs: starting afresh", path)
+        return None
+    log.info("resuming the profile from %s (%d layers done)", path, len(table))
+    return table
 
 
 def _load_cached(path: Path, fingerprints: dict[str, str]) -> Profile | None:

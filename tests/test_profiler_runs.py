@@ -55,6 +55,14 @@ def test_auto_picks_a_working_engine():
     assert pick_engine(m, F.cross_entropy, b[0], list(weights(m).values()), 2) in ENGINES
 
 
+def test_the_engine_choice_is_timed_and_reported_apart_from_the_probes():
+    m, b = net(), data(2)
+    auto, named = run(m, b, engine="auto"), run(m, b, engine="double_backward")
+    assert auto.engine in ENGINES and auto.engine_seconds > 0
+    assert named.engine_seconds < auto.engine_seconds and named.probes == auto.probes
+    assert_same(auto, named, rel=1e-8)  # choosing spends no probe of the estimate
+
+
 def test_interrupted_run_resumes_to_the_same_result():
     m, b = net(), data()
     full = run(m, b)
@@ -102,7 +110,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     torch.save(resnet20().state_dict(), tmp_path / "w.pt")
     recipe = tmp_path / "r.toml"
     recipe.write_text(f'[model]\ncheckpoint = "{tmp_path / "w.pt"}"\n[data]\ncalibration = 40\nbatch_size = 10\n'
-                      '[profile]\nmax_probes = 16\nrel_tol = 0.0001\n')
+                      '[profile]\nsensitivity = "trace"\nmax_probes = 16\nrel_tol = 0.0001\n')
     cmd = [sys.executable, "-m", "hawq", "--quiet", "profile", str(recipe), "--engine", "double_backward"]
     ref = tmp_path / "ref.json"
     subprocess.run(cmd + ["--out", str(ref)], check=True, capture_output=True)

@@ -26,7 +26,8 @@ def batches(n=2):
 
 def test_omega_formula_and_monotone_in_bits():
     m = small_cnn()
-    p = profile(m, F.cross_entropy, batches(), bits=(2, 3, 4, 8), max_probes=30, rel_tol=0.0, weight_method="minmax")
+    p = profile(m, F.cross_entropy, batches(), bits=(2, 3, 4, 8), max_probes=30, rel_tol=0.0, weight_method="minmax",
+                sensitivity="trace")
     assert [l.name for l in p.layers] == ["0", "3", "6"]
     folded_first = m[0].weight * (m[1].weight / torch.sqrt(m[1].running_var + m[1].eps)).reshape(-1, 1, 1, 1)
     l0 = p.layers[0]
@@ -38,7 +39,7 @@ def test_omega_formula_and_monotone_in_bits():
             assert om == pytest.approx(max(l.trace + 1.96 * l.trace_se, 0) / l.params * l.sq_error[b])
         if l.trace > 0:
             assert l.omega[2] > l.omega[3] > l.omega[4] > l.omega[8] > 0
-    mean = profile(m, F.cross_entropy, batches(), bits=(2, 3, 4, 8), max_probes=30, rel_tol=0.0,
+    mean = profile(m, F.cross_entropy, batches(), bits=(2, 3, 4, 8), max_probes=30, rel_tol=0.0, sensitivity="trace",
                    weight_method="minmax", omega_trace="mean")
     assert "omega_trace" not in mean.settings  # as profiles made before the choice: their caches match
     for l, lm in zip(p.layers, mean.layers):  # the same probes (to float rounding), another Ω
@@ -66,7 +67,7 @@ def test_a_trace_zero_within_its_noise_is_not_free():
 def test_activation_omega_formula_and_round_trip(tmp_path):
     m = small_cnn()
     data = batches()
-    p = profile(m, F.cross_entropy, data, bits=(2, 4, 8), max_probes=20, rel_tol=0.0, a_bits=(4, 8),
+    p = profile(m, F.cross_entropy, data, bits=(2, 4, 8), max_probes=20, rel_tol=0.0, sensitivity="trace", a_bits=(4, 8),
                 cache=tmp_path / "p.json", engine="jvp_vmap")
     assert p.act_bits == (4, 8) and p.settings["act_probes"] == 20
     assert [l.act_elems for l in p.layers] == [64, 4 * 6 * 6, 8 * 2 * 2]
@@ -82,7 +83,7 @@ def test_activation_omega_formula_and_round_trip(tmp_path):
         assert l.act_sq_error[4] > l.act_sq_error[8] > 0
     assert Profile.load(tmp_path / "p.json") == p
     assert not (tmp_path / "p.json.act.partial").exists()
-    bare = profile(m, F.cross_entropy, data, bits=(2, 4, 8), max_probes=20, rel_tol=0.0, engine="jvp_vmap")
+    bare = profile(m, F.cross_entropy, data, bits=(2, 4, 8), max_probes=20, rel_tol=0.0, engine="jvp_vmap", sensitivity="trace")
     assert bare.act_bits == () and all(l.act_trace is None for l in bare.layers)
     assert [l.trace for l in bare.layers] == [l.trace for l in p.layers]  # weight traces are unaffected
     assert [l.act_elems for l in bare.layers] == [64, 4 * 6 * 6, 8 * 2 * 2]
@@ -112,13 +113,39 @@ def test_perturbed_sensitivity_is_the_loss_change_of_each_layer_rounded(tmp_path
             assert l.omega[b] == pytest.approx(max(loss(q) - base, 0.0), rel=1e-4, abs=1e-8)
         assert l.trace == pytest.approx(l.params * l.omega[2] / l.sq_error[2])
     assert Profile.load(tmp_path / "p.json") == p
-    trace = profile(m, F.cross_entropy, batches(), bits=(2, 4, 8), max_probes=4)
+    trace = profile(m, F.cross_entropy, batches(), bits=(2, 4, 8), max_probes=4, sensitivity="trace")
     assert "sensitivity" not in trace.settings  # trace profiles keep the fingerprints they had
     with pytest.raises(ValueError, match="sensitivity"):
         profile(m, F.cross_entropy, batches(), bits=(2, 4), sensitivity="fisher")
     x, y = data[0]
     with pytest.raises(NumericalError):
         profile(m, F.cross_entropy, [(x * float("nan"), y)], bits=(2, 8), sensitivity="perturbed")
+
+
+def test_an_interrupted_perturbed_profile_resumes_where_it_stopped(tmp_path):
+    m, data = small_cnn(), batches()
+    calls = []
+
+    def loss(out, y):
+        calls.append(1)
+        return F.cross_entropy(out, y)
+
+    def stopping(out, y):  # dies on the first pass of the second layer: base 2 + first layer 3 widths × 2 batches
+        if len(calls) == 2 + 6:
+            raise KeyboardInterrupt
+        return loss(out, y)
+
+    fresh = profile(m, loss, data, bits=(2, 4, 8), cache=tmp_path / "fresh.json")
+    assert len(calls) == 2 + 3 * 3 * 2  # the base loss, then 3 layers × 3 widths, over 2 batches
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        profile(m, stopping, data, bits=(2, 4, 8), cache=tmp_path / "p.json")
+    assert (tmp_path / "p.json.partial").is_file() and not (tmp_path / "p.json").exists()
+    calls.clear()
+    again = profile(m, loss, data, bits=(2, 4, 8), cache=tmp_path / "p.json")
+    assert len(calls) == 2 + 2 * 3 * 2  # the first layer came from the checkpoint
+    assert [l.omega for l in again.layers] == [l.omega for l in fresh.layers]
+    assert not (tmp_path / "p.json.partial").exists()
 
 
 def test_round_trip_and_model_unchanged(tmp_path):
@@ -174,18 +201,19 @@ def test_transformer_encoder_profiles(engine):
     m = TinyTransformer().train()
     g = torch.Generator().manual_seed(2)
     data = [(torch.randn(8, 5, 4, generator=g), torch.randint(0, 3, (8,), generator=g))]
-    p = profile(m, F.cross_entropy, data, bits=(4, 8), max_probes=4, engine=engine)
+    p = profile(m, F.cross_entropy, data, bits=(4, 8), max_probes=4, engine=engine, sensitivity="trace")
     assert m.training  # the caller's model keeps its mode
     names = [l.name for l in p.layers]
     assert names[0] == "embed" and names[-1] == "head" and any("linear1" in n for n in names)
     assert all(torch.isfinite(torch.tensor(l.trace)) for l in p.layers)
-    q = profile(m, F.cross_entropy, data, bits=(4, 8), max_probes=4, engine=engine)
+    q = profile(m, F.cross_entropy, data, bits=(4, 8), max_probes=4, engine=engine, sensitivity="trace")
     # dropout off: the same traces (auto may time a different engine the second time: same samples, other rounding)
     assert [l.trace for l in p.layers] == pytest.approx([l.trace for l in q.layers], rel=1e-5)
 
 
 def test_probes_per_batch_auto_records_the_chosen_k():
-    p = profile(small_cnn(), F.cross_entropy, batches(), max_probes=8, rel_tol=0.0, probes_per_batch="auto")
+    p = profile(small_cnn(), F.cross_entropy, batches(), max_probes=8, rel_tol=0.0, probes_per_batch="auto",
+                sensitivity="trace")
     assert p.settings["probes_per_batch"] == "auto" and 1 <= p.settings["k"] <= 8
     assert p.settings["probes"] % (2 * p.settings["k"]) == 0  # whole rounds of k probes on each of 2 batches
     with pytest.raises(ValueError, match="positive integer or 'auto'"):
