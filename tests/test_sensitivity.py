@@ -135,14 +135,14 @@ def test_an_interrupted_perturbed_profile_resumes_where_it_stopped(tmp_path):
             raise KeyboardInterrupt
         return loss(out, y)
 
-    fresh = profile(m, loss, data, bits=(2, 4, 8), cache=tmp_path / "fresh.json")
+    fresh = profile(m, loss, data, bits=(2, 4, 8), cache=tmp_path / "fresh.json", sensitivity="perturbed")
     assert len(calls) == 2 + 3 * 3 * 2  # the base loss, then 3 layers × 3 widths, over 2 batches
     calls.clear()
     with pytest.raises(KeyboardInterrupt):
-        profile(m, stopping, data, bits=(2, 4, 8), cache=tmp_path / "p.json")
+        profile(m, stopping, data, bits=(2, 4, 8), cache=tmp_path / "p.json", sensitivity="perturbed")
     assert (tmp_path / "p.json.partial").is_file() and not (tmp_path / "p.json").exists()
     calls.clear()
-    again = profile(m, loss, data, bits=(2, 4, 8), cache=tmp_path / "p.json")
+    again = profile(m, loss, data, bits=(2, 4, 8), cache=tmp_path / "p.json", sensitivity="perturbed")
     assert len(calls) == 2 + 2 * 3 * 2  # the first layer came from the checkpoint
     assert [l.omega for l in again.layers] == [l.omega for l in fresh.layers]
     assert not (tmp_path / "p.json.partial").exists()
