@@ -99,9 +99,8 @@ def cmd_profile(a) -> None:
                         omega_trace=_or(a.omega_trace, r.omega_trace), sensitivity=_or(a.sensitivity, r.sensitivity))
     if dist.is_initialized() and dist.get_rank() != 0:
         return
-    if prof.settings.get("sensitivity") == "perturbed":
-        print(f"{len(prof.layers)} layers, Ω from each layer rounded alone ({len(prof.layers) * len(prof.bits)} "
-              f"forward passes), {prof.seconds:.1f} s -> {a.out}")
+    if prof.sensitivity == "perturbed":
+        print(f"{len(prof.layers)} layers, Ω from each layer rounded alone ({prof.effort}), {prof.seconds:.1f} s -> {a.out}")
         for l in prof.layers:
             print(f"  {l.name:<24} " + "  ".join(f"Ω({b}) {l.omega[b]:<9.3g}" for b in sorted(prof.bits))
                   + f" params {l.params}")

@@ -167,9 +167,9 @@ def pick_engine(model, loss_fn, batch, params, k: int, engines: Sequence[str] = 
             with hvp_context():
                 t = time.perf_counter()
                 _ENGINE_FNS[name](model, loss_fn, x, y, params)(vs)  # warm-up
-                runs = [time.perf_counter() - t]
-                if times and runs[0] > 3 * min(times.values()):
-                    times[name] = runs[0]
+                warm = time.perf_counter() - t
+                if times and warm > 3 * min(times.values()):
+                    times[name] = warm
                     continue
                 runs = []
                 for _ in range(repeats):  # the best of a few: robust to a busy machine

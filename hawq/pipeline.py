@@ -140,9 +140,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, l
     prof = profile(model, F.cross_entropy, batches, recipe.profile_bits, rel_tol=recipe.rel_tol,
                    max_probes=recipe.max_probes, seed=recipe.seed, probes_per_batch=recipe.probes_per_batch, engine=recipe.engine, progress=progress, cache=out / "profile.json",
                    omega_trace=recipe.omega_trace, sensitivity=recipe.sensitivity)
-    how = (f"{len(prof.layers) * len(prof.bits)} forward passes (perturbed)" if prof.settings.get("sensitivity") == "perturbed"
-           else f"{max(l.probes for l in prof.layers)} probes")
-    log_fn(f"profile: {len(prof.layers)} layers, {how}, {prof.seconds:.0f} s"
+    log_fn(f"profile: {len(prof.layers)} layers, {prof.effort}, {prof.seconds:.0f} s"
            + (f", unconverged: {', '.join(prof.unconverged)}" if prof.unconverged else ""))
     acc, loss = D.evaluate(model, ev)
     n_params = sum(l.params for l in prof.layers)

@@ -62,7 +62,7 @@ def sensitivity_note(profile) -> str:
 
     profile: a hawq Profile.
     """
-    if profile.settings.get("sensitivity") == "perturbed":
+    if profile.sensitivity == "perturbed":
         return ("Ω(b): the calibration-loss change of rounding that layer's weights alone to b bits, measured (one "
                 "forward pass over the calibration data per layer and width, activations in float; no probes, no "
                 "noise); the trace column is the trace an isotropic model Tr(H)/n · ‖Q_b(W) − W‖² would need for the "

@@ -104,8 +104,8 @@ def summary_cards(title: str, profile, plans: Mapping, rows: Sequence, export_re
     exported = next((r for r in rows if r.label == export_name), None)
     v = export_report.verification
     probes = [l.probes for l in profile.layers]
-    if profile.settings.get("sensitivity") == "perturbed":
-        how = ("sensitivity", "perturbed losses", f"{len(profile.layers) * len(profile.bits)} forward passes, no probes")
+    if profile.sensitivity == "perturbed":
+        how = ("sensitivity", "perturbed losses", f"{profile.effort}, no probes")
     else:
         how = ("Hessian probes", f"{min(probes)}" + (f"–{max(probes)}" if max(probes) > min(probes) else ""),
                f"target rel. std error {profile.settings.get('rel_tol', '?')}"

@@ -83,6 +83,18 @@ class Profile:
     def names(self) -> list[str]:
         return [l.name for l in self.layers]
 
+    @property
+    def sensitivity(self) -> str:
+        """How Ω was made (SENSITIVITIES); profiles from before the choice are "trace"."""
+        return self.settings.get("sensitivity", "trace")
+
+    @property
+    def effort(self) -> str:
+        """What the sensitivities cost, in their own unit: "88 perturbed forward passes" or "65 probes"."""
+        if self.sensitivity == "perturbed":
+            return f"{len(self.layers) * len(self.bits)} perturbed forward passes"
+        return f"{max((l.probes for l in self.layers), default=0)} probes"
+
     def layer(self, name: str) -> LayerProfile:
         for l in self.layers:
             if l.name == name:
@@ -391,46 +403,53 @@ def act_sq_errors(model: nn.Module, names: list[str], batches, a_bits: tuple[int
     return {n: {b: e / count for b, e in row.items()} for n, row in err.items()}
 
 
+def _write_checkpoint(path: Path, fingerprints: dict[str, str], key: str, payload: Any) -> None:
+    write_json(path, {"format": f"hawq.{FORMAT}-checkpoint/{VERSION}", "fingerprints": fingerprints, key: payload})
+
+
+def _read_checkpoint(path: Path, fingerprints: dict[str, str], parse: Callable[[dict], Any],
+                     fits: Callable[[Any], bool]) -> Any:
+    """`parse(file)` of an interrupted run's checkpoint made from the same weights, data and settings
+    and that `fits` this run; None (with a log line saying why) otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        d = read_json(path, f"{FORMAT}-checkpoint", VERSION)
+        got = parse(d)
+    except (ArtifactError, AttributeError, KeyError, TypeError, ValueError) as e:
+        log.warning("ignoring the profiling checkpoint %s: %s", path, e)
+        return None
+    if d.get("fingerprints") != fingerprints or not fits(got):
+        log.info("the profiling checkpoint %s was made from other inputs: starting afresh", path)
+        return None
+    return got
+
+
 def _save_checkpoint(path: Path, fingerprints: dict[str, str], state: TraceState) -> None:
-    write_json(path, {"format": f"hawq.{FORMAT}-checkpoint/{VERSION}", "fingerprints": fingerprints, "state": state.to_dict()})
+    _write_checkpoint(path, fingerprints, "state", state.to_dict())
 
 
 def _load_checkpoint(path: Path, fingerprints: dict[str, str], names: list[str]) -> TraceState | None:
     """The state of an interrupted run with the same weights, data and settings, or None."""
-    if not path.is_file():
-        return None
-    try:
-        d = read_json(path, f"{FORMAT}-checkpoint", VERSION)
-        state = TraceState.from_dict(d["state"])
-    except (ArtifactError, KeyError, TypeError, ValueError) as e:
-        log.warning("ignoring the profiling checkpoint %s: %s", path, e)
-        return None
-    if d.get("fingerprints") != fingerprints or state.names != names:
-        log.info("the profiling checkpoint %s was made from other inputs: starting afresh", path)
-        return None
-    log.info("resuming the profile from %s (%d probes done)", path, state.n)
+    state = _read_checkpoint(path, fingerprints, lambda d: TraceState.from_dict(d["state"]),
+                             lambda st: st.names == names)
+    if state is not None:
+        log.info("resuming the profile from %s (%d probes done)", path, state.n)
     return state
 
 
 def _save_perturbed(path: Path, fingerprints: dict[str, str], table: Mapping[str, Mapping[int, float]]) -> None:
-    write_json(path, {"format": f"hawq.{FORMAT}-checkpoint/{VERSION}", "fingerprints": fingerprints,
-                      "perturbed": {n: {str(b): v for b, v in row.items()} for n, row in table.items()}})
+    _write_checkpoint(path, fingerprints, "perturbed", {n: {str(b): v for b, v in row.items()} for n, row in table.items()})
 
 
 def _load_perturbed(path: Path, fingerprints: dict[str, str], bits: Sequence[int]) -> dict[str, dict[int, float]] | None:
     """The layers an interrupted perturbed profile with the same weights, data and settings measured, or None."""
-    if not path.is_file():
-        return None
-    try:
-        d = read_json(path, f"{FORMAT}-checkpoint", VERSION)
-        table = {str(n): {int(b): float(v) for b, v in row.items()} for n, row in d["perturbed"].items()}
-    except (ArtifactError, AttributeError, KeyError, TypeError, ValueError) as e:
-        log.warning("ignoring the profiling checkpoint %s: %s", path, e)
-        return None
-    if d.get("fingerprints") != fingerprints or any(set(row) != set(bits) for row in table.values()):
-        log.info("the profiling checkpoint %s was made from other inputs: starting afresh", path)
-        return None
-    log.info("resuming the profile from %s (%d layers done)", path, len(table))
+    table = _read_checkpoint(
+        path, fingerprints,
+        lambda d: {str(n): {int(b): float(v) for b, v in row.items()} for n, row in d["perturbed"].items()},
+        lambda t: all(set(row) == set(bits) for row in t.values()))
+    if table is not None:
+        log.info("resuming the profile from %s (%d layers done)", path, len(table))
     return table
 
 
