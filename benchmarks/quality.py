@@ -11,7 +11,9 @@ every method; mixed methods choose among 2, 4 and 8 bits), prints one JSON line 
 
 Methods: fp32; uniform (between widths: the widest uniform plan that fits); hawq (the ILP on
 hawq's default sensitivity with the measured-loss guard, what `hawq run` does) and hawq_noguard
-(the ILP optimum alone); hawq_trace (the ILP alone on HAWQ-V2's trace model, `sensitivity="trace"`);
+(the ILP optimum alone); hawq_cross and hawq_cross_noguard (the same two on the quadratic model,
+`sensitivity="perturbed_cross"`: each layer's measured Ω plus every cross-layer Gauss-Newton term,
+optimised exactly by the ILP); hawq_trace (the ILP alone on HAWQ-V2's trace model, `sensitivity="trace"`);
 inverted (hawq's sensitivities dealt in reverse rank); grad_output_score (the same ILP on NVIDIA
 ModelOpt auto_quantize's gradient-weighted output error); random_mean and random_best (5 plans
 from random sensitivities, each filling the budget; best = highest evaluation accuracy, an
@@ -33,6 +35,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -50,6 +53,7 @@ MODELS = ("resnet20", "mobilenetv2_fashion", "vit_fashion")
 PROFILE_BITS = (2, 3, 4, 8)
 CANDIDATES = (2, 4, 8)
 BUDGETS = (8.0, 4.0, 3.0 + 2 / 3, 3.0 + 1 / 3, 3.0, 2.5)
+CROSS = "perturbed_cross"
 
 
 def budget_bytes(prof, bits: float) -> float:
@@ -87,15 +91,24 @@ def run_model(name: str, out: Path, n_random: int, log, budgets=BUDGETS, max_pro
                                 "threads": torch.get_num_threads()}) + "\n")
 
     profiles = {}
-    for kind in dict.fromkeys((sensitivity, "trace")):
-        path = out / f"{name}_{kind}_profile.json"
-        fresh = not path.is_file()
-        profiles[kind] = profile(model, F.cross_entropy, batches, PROFILE_BITS, rel_tol=0.05, max_probes=max_probes,
-                                 seed=0, sensitivity=kind, cache=path)
-        if fresh:
-            cost(kind, profiles[kind].seconds)
-        log(f"{name}: {kind} profile {profiles[kind].seconds:.0f} s ({profiles[kind].settings.get('probes', 0)} probes)")
-    prof, trace_prof = profiles[sensitivity], profiles["trace"]
+
+    def prof_of(kind: str):
+        """The profile of one sensitivity model, computed when a row first needs it and kept in OUT."""
+        if kind not in profiles:
+            path = out / f"{name}_{kind}_profile.json"
+            fresh = not path.is_file()
+            profiles[kind] = profile(model, F.cross_entropy, batches, PROFILE_BITS, rel_tol=0.05,
+                                     max_probes=max_probes, seed=0, sensitivity=kind, cache=path)
+            if fresh:
+                cost(kind, profiles[kind].seconds)
+            log(f"{name}: {kind} profile {profiles[kind].seconds:.0f} s ({profiles[kind].effort})")
+        return profiles[kind]
+
+    def sizes():
+        """The layers and sizes every profile holds, without cross-layer terms (the baselines'
+        sensitivities replace Ω and are additive): one already made, else the default."""
+        return replace(next(iter(profiles.values()), None) or prof_of(sensitivity), interactions=())
+
     qcache, gcache, evaluated = GuardCache(), GuardCache(), {}
     lazy: dict[str, dict] = {}
 
@@ -108,11 +121,11 @@ def run_model(name: str, out: Path, n_random: int, log, budgets=BUDGETS, max_pro
         if kind not in lazy:
             t = time.time()
             if kind == "eig":
-                lazy[kind] = eigen_sensitivity(model, F.cross_entropy, batches[0], prof, engine="jvp_vmap")
+                lazy[kind] = eigen_sensitivity(model, F.cross_entropy, batches[0], sizes(), engine="jvp_vmap")
             elif kind == "grad_output":
-                lazy[kind] = output_error_sensitivity(model, F.cross_entropy, batches, prof)
+                lazy[kind] = output_error_sensitivity(model, F.cross_entropy, batches, sizes())
             else:
-                lazy[kind] = measured_deltas(model, prof, batches, CANDIDATES, cache=qcache)
+                lazy[kind] = measured_deltas(model, sizes(), batches, CANDIDATES, cache=qcache)
             path.write_text(json.dumps(lazy[kind]))
             cost(kind, time.time() - t)
             log(f"{name}: {kind} sensitivities {time.time() - t:.0f} s")
@@ -127,7 +140,7 @@ def run_model(name: str, out: Path, n_random: int, log, budgets=BUDGETS, max_pro
 
     def emit(bits: float, method: str, acc: float, loss: float, plan=None, **extra) -> None:
         row = {"model": name, "budget_bits": round(bits, 3), "method": method, "accuracy": acc,
-               "calibration_loss": loss, "weight_bytes": plan.weight_bytes if plan else 4 * sum(l.params for l in prof.layers),
+               "calibration_loss": loss, "weight_bytes": plan.weight_bytes if plan else 4 * sum(l.params for l in sizes().layers),
                "avg_bits": plan.avg_bits if plan else 32.0, "label": plan.label if plan else "fp32", **extra}
         print(json.dumps(row), flush=True)
         with results.open("a") as f:
@@ -144,22 +157,34 @@ def run_model(name: str, out: Path, n_random: int, log, budgets=BUDGETS, max_pro
         print(json.dumps(done[(name, 32.0, "fp32")]), flush=True)
     else:
         emit(32.0, "fp32", D.evaluate(model, ev)[0], D.evaluate(model, batches)[1])
+    def budget_at(bits: float) -> Budget:
+        return Budget(megabytes=budget_bytes(sizes(), bits) / 1e6)
+
     for bits in budgets:
-        budget = Budget(megabytes=budget_bytes(prof, bits) / 1e6)
         t = time.time()
-        planned(bits, "uniform", lambda: uniform_plan(prof, int(bits)))
-        planned(bits, "hawq", lambda: guarded_solve(prof, budget, model=model, data=batches, bits=CANDIDATES, cache=gcache))
-        planned(bits, "hawq_noguard", lambda: solve(prof, budget, bits=CANDIDATES))
-        planned(bits, "hawq_trace", lambda: solve(trace_prof, budget, bits=CANDIDATES))
-        planned(bits, "inverted", lambda: solve(resensitized(prof, inverted_sensitivity(prof)), budget, bits=CANDIDATES))
-        planned(bits, "aimet_greedy", lambda: greedy_plan(prof, sens("deltas"), budget, CANDIDATES, label="aimet-greedy"))
-        planned(bits, "grad_output_score", lambda: solve(with_omegas(prof, sens("grad_output")), budget, bits=CANDIDATES))
+        prof = lambda: prof_of(sensitivity)  # noqa: E731
+        planned(bits, "uniform", lambda: uniform_plan(sizes(), int(bits)))
+        planned(bits, "hawq", lambda: guarded_solve(prof(), budget_at(bits), model=model, data=batches, bits=CANDIDATES,
+                                                    cache=gcache))
+        planned(bits, "hawq_noguard", lambda: solve(prof(), budget_at(bits), bits=CANDIDATES))
+        planned(bits, "hawq_cross", lambda: guarded_solve(prof_of(CROSS), budget_at(bits), model=model, data=batches,
+                                                          bits=CANDIDATES, cache=gcache))
+        planned(bits, "hawq_cross_noguard", lambda: solve(prof_of(CROSS), budget_at(bits), bits=CANDIDATES))
+        planned(bits, "hawq_trace", lambda: solve(prof_of("trace"), budget_at(bits), bits=CANDIDATES))
+        planned(bits, "inverted", lambda: solve(resensitized(prof(), inverted_sensitivity(prof())), budget_at(bits),
+                                                bits=CANDIDATES))
+        planned(bits, "aimet_greedy", lambda: greedy_plan(sizes(), sens("deltas"), budget_at(bits), CANDIDATES,
+                                                          label="aimet-greedy"))
+        planned(bits, "grad_output_score", lambda: solve(with_omegas(sizes(), sens("grad_output")), budget_at(bits),
+                                                         bits=CANDIDATES))
         key = (name, round(bits, 3), "random_mean")
         if key in done and (name, round(bits, 3), "random_best") in done:
             for m in ("random_mean", "random_best"):
                 print(json.dumps(done[(name, round(bits, 3), m)]), flush=True)
         else:
-            plans = [solve(resensitized(prof, random_sensitivity(prof, s)), budget, bits=CANDIDATES) for s in range(n_random)]
+            budget = budget_at(bits)
+            plans = [solve(resensitized(prof(), random_sensitivity(prof(), s)), budget, bits=CANDIDATES)
+                     for s in range(n_random)]
             got = [measure(p) for p in plans]
             best = max(range(n_random), key=lambda i: got[i][0])
             emit(bits, "random_mean", statistics.fmean(a for a, _ in got), statistics.fmean(l for _, l in got),
@@ -167,8 +192,7 @@ def run_model(name: str, out: Path, n_random: int, log, budgets=BUDGETS, max_pro
             emit(bits, "random_best", *got[best], plans[best], seed=best)
         log(f"{name}: budget W{bits:.2f} done in {time.time() - t:.0f} s")
     for bits in budgets:  # last: HAWQ-V1's eigenvalues cost more than everything else together
-        budget = Budget(megabytes=budget_bytes(prof, bits) / 1e6)
-        planned(bits, "hawq_v1_eig", lambda: solve(resensitized(prof, sens("eig")), budget, bits=CANDIDATES))
+        planned(bits, "hawq_v1_eig", lambda: solve(resensitized(sizes(), sens("eig")), budget_at(bits), bits=CANDIDATES))
 
 
 def main() -> None:

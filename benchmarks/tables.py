@@ -15,10 +15,11 @@ import json
 from pathlib import Path
 
 METHODS = (("uniform", "uniform"), ("hawq", "**hawq** (guard)"), ("hawq_noguard", "hawq, ILP only"),
+           ("hawq_cross", "hawq cross terms (guard)"), ("hawq_cross_noguard", "hawq cross terms, ILP only"),
            ("hawq_trace", "HAWQ-V2 trace, ILP"), ("grad_output_score", "grad-output score, ILP"),
            ("hawq_v1_eig", "HAWQ-V1 eigenvalue"), ("aimet_greedy", "AIMET-style greedy"), ("inverted", "inverted"),
            ("random_mean", "random, mean of 5"), ("random_best", "random, best of 5"))
-MIXED = {"hawq", "hawq_noguard", "hawq_trace", "grad_output_score", "hawq_v1_eig", "aimet_greedy"}
+MIXED = {"hawq", "hawq_noguard", "hawq_cross", "hawq_cross_noguard", "hawq_trace", "grad_output_score", "hawq_v1_eig", "aimet_greedy"}
 NAMES = {"resnet20": "ResNet-20", "mobilenetv2_fashion": "MobileNetV2", "vit_fashion": "ViT"}
 
 

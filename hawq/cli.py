@@ -99,11 +99,13 @@ def cmd_profile(a) -> None:
                         omega_trace=_or(a.omega_trace, r.omega_trace), sensitivity=_or(a.sensitivity, r.sensitivity))
     if dist.is_initialized() and dist.get_rank() != 0:
         return
-    if prof.sensitivity == "perturbed":
+    if prof.measured:
         print(f"{len(prof.layers)} layers, Ω from each layer rounded alone ({prof.effort}), {prof.seconds:.1f} s -> {a.out}")
         for l in prof.layers:
             print(f"  {l.name:<24} " + "  ".join(f"Ω({b}) {l.omega[b]:<9.3g}" for b in sorted(prof.bits))
                   + f" params {l.params}")
+        if prof.interactions:
+            print(f"  and {len(prof.interactions)} cross-layer terms, which solve optimises with Ω")
         return
     print(f"{len(prof.layers)} layers, {prof.settings.get('probes')} probes, {prof.seconds:.1f} s -> {a.out}")
     for l in prof.layers:

@@ -53,6 +53,18 @@ class Perturbation:
         quad = float(block.sum()) if cross else float(block.diagonal().sum())
         return lin + 0.5 * quad
 
+    def pairs(self) -> list[tuple[str, str, tuple[tuple[float, ...], ...]]]:
+        """Every cross-layer term, once per pair of layers in order: (a, b, terms) with
+        terms[i][k] = Δ_{a,bits[i]}ᵀ H Δ_{b,bits[k]}, the pair's whole share ½(Δ_aᵀHΔ_b + Δ_bᵀHΔ_a)
+        of the loss change (the matrix is symmetric)."""
+        B = len(self.bits)
+        out = []
+        for la, a in enumerate(self.names):
+            for lb in range(la + 1, len(self.names)):
+                block = self.curvature[la * B:(la + 1) * B, lb * B:(lb + 1) * B]
+                out.append((a, self.names[lb], tuple(tuple(float(v) for v in row) for row in block.tolist())))
+        return out
+
     def alone(self) -> dict[str, dict[int, float]]:
         """layer → {width: predicted loss change with that layer alone quantized}."""
         return {n: {b: float(self.linear[j] + 0.5 * self.curvature[j, j])

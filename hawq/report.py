@@ -62,11 +62,13 @@ def sensitivity_note(profile) -> str:
 
     profile: a hawq Profile.
     """
-    if profile.sensitivity == "perturbed":
+    if profile.measured:
         return ("Ω(b): the calibration-loss change of rounding that layer's weights alone to b bits, measured (one "
                 "forward pass over the calibration data per layer and width, activations in float; no probes, no "
                 "noise); the trace column is the trace an isotropic model Tr(H)/n · ‖Q_b(W) − W‖² would need for the "
-                "same Ω at the narrowest width.")
+                "same Ω at the narrowest width." + (
+                    f" Plus {len(profile.interactions)} cross-layer terms Δ_aᵀ G Δ_b (Gauss-Newton), which the "
+                    "solver optimises with Ω." if profile.interactions else ""))
     return (f"Hutchinson traces ({profile.settings.get('probes', '?')} probes, target relative standard error "
             f"{profile.settings.get('rel_tol', '?')}); Ω(b) = Tr(H)/n · ‖Q_b(W) − W‖².")
 

@@ -104,7 +104,7 @@ def summary_cards(title: str, profile, plans: Mapping, rows: Sequence, export_re
     exported = next((r for r in rows if r.label == export_name), None)
     v = export_report.verification
     probes = [l.probes for l in profile.layers]
-    if profile.sensitivity == "perturbed":
+    if profile.measured:
         how = ("sensitivity", "perturbed losses", f"{profile.effort}, no probes")
     else:
         how = ("Hessian probes", f"{min(probes)}" + (f"–{max(probes)}" if max(probes) > min(probes) else ""),

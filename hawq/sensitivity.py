@@ -16,7 +16,7 @@ from .artifacts import fingerprint_obj, fingerprint_tensors, read_json, write_js
 from .errors import ArtifactError, ConfigError, DataError
 from .graph import trace_layers
 from .hessian import TraceResult, TraceState, activation_traces, choose_k, hutchinson_traces, world
-from .perturbation import perturbed_losses
+from .perturbation import perturbation_terms, perturbed_losses
 from .rewrite import fold_bn
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,16 @@ class LayerProfile:
 
 
 @dataclass(frozen=True)
+class Interaction:
+    """The cross-layer term of the loss model between layers a and b (a profiled before b):
+    terms[i][k] = Δ_a(bits[i])ᵀ G Δ_b(bits[k]), the loss change that rounding both adds to the sum
+    of rounding each alone, to second order (G: the Gauss-Newton matrix; hawq.perturbation)."""
+    a: str
+    b: str
+    terms: tuple[tuple[float, ...], ...]
+
+
+@dataclass(frozen=True)
 class Profile:
     layers: tuple[LayerProfile, ...]  # execution order: first is the input layer, last the output
     bits: tuple[int, ...]
@@ -65,6 +75,7 @@ class Profile:
     seconds: float = 0.0
     residual: tuple[tuple[str, ...], ...] = ()  # layers whose outputs meet at a residual add
     act_bits: tuple[int, ...] = ()  # activation widths with Ω_a on every layer; () if not profiled
+    interactions: tuple[Interaction, ...] = ()  # cross-layer terms (sensitivity "perturbed_cross"); () if none
 
     def __post_init__(self) -> None:
         names = [l.name for l in self.layers]
@@ -72,6 +83,16 @@ class Profile:
             raise ArtifactError("a profile needs at least one layer")
         if len(set(names)) != len(names):
             raise ArtifactError("a profile has duplicate layer names")
+        order = {n: i for i, n in enumerate(names)}
+        seen = set()
+        for it in self.interactions:
+            if not (it.a in order and it.b in order and order[it.a] < order[it.b]) or (it.a, it.b) in seen:
+                raise ArtifactError(f"interaction {it.a!r}–{it.b!r} must name two profiled layers in order, once")
+            seen.add((it.a, it.b))
+            if len(it.terms) != len(self.bits) or any(len(r) != len(self.bits) for r in it.terms) or \
+                    not all(math.isfinite(v) for r in it.terms for v in r):
+                raise ArtifactError(f"interaction {it.a!r}–{it.b!r} needs {len(self.bits)}×{len(self.bits)} "
+                                    "finite terms, one per pair of widths")
         for l in self.layers:
             if set(l.omega) != set(self.bits):
                 raise ArtifactError(f"layer {l.name} has Ω for bits {sorted(l.omega)}, expected {sorted(self.bits)}")
@@ -89,11 +110,28 @@ class Profile:
         return self.settings.get("sensitivity", "trace")
 
     @property
+    def measured(self) -> bool:
+        """Whether Ω was measured by rounding each layer alone (no probes): the perturbed models."""
+        return self.sensitivity in PERTURBED
+
+    @property
     def effort(self) -> str:
         """What the sensitivities cost, in their own unit: "88 perturbed forward passes" or "65 probes"."""
+        passes = len(self.layers) * len(self.bits)
+        if self.sensitivity == "perturbed_cross":
+            return f"{passes} perturbed forward passes and {passes} forward-mode products per batch"
         if self.sensitivity == "perturbed":
-            return f"{len(self.layers) * len(self.bits)} perturbed forward passes"
+            return f"{passes} perturbed forward passes"
         return f"{max((l.probes for l in self.layers), default=0)} probes"
+
+    def cross_omega(self, w_bits: Mapping[str, int]) -> float:
+        """The cross-layer part of the predicted loss change of a plan: Σ over interactions of the
+        term at the two layers' widths (0 for a profile without interactions).
+
+        w_bits: layer name → weight width, for every layer (widths among `bits`).
+        """
+        at = {b: i for i, b in enumerate(self.bits)}
+        return math.fsum(it.terms[at[w_bits[it.a]]][at[w_bits[it.b]]] for it in self.interactions)
 
     def layer(self, name: str) -> LayerProfile:
         for l in self.layers:
@@ -132,10 +170,13 @@ class Profile:
                 settings=dict(d.get("settings", {})), seconds=float(d.get("seconds", 0.0)),
                 residual=tuple(tuple(g) for g in d.get("residual", ())),
                 act_bits=tuple(int(b) for b in d.get("act_bits", ())),
+                interactions=tuple(Interaction(str(it["a"]), str(it["b"]),
+                                               tuple(tuple(float(v) for v in row) for row in it["terms"]))
+                                   for it in d.get("interactions", ())),
             )
             _check_loaded(prof)
             return prof
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, ArtifactError) as e:
             raise ArtifactError(f"malformed profile ({e.__class__.__name__}: {e}); regenerate it with `hawq profile`") from e
 
     def save(self, path: str | Path) -> Path:
@@ -164,7 +205,8 @@ def _check_loaded(prof: "Profile") -> None:
 
 
 OMEGA_TRACES = ("upper", "mean")
-SENSITIVITIES = ("trace", "perturbed")
+SENSITIVITIES = ("trace", "perturbed", "perturbed_cross")
+PERTURBED = ("perturbed", "perturbed_cross")
 DEFAULT_SENSITIVITY = "perturbed"
 Z95 = 1.96  # the upper end of a two-sided 95% interval
 
@@ -235,7 +277,10 @@ def profile(
     "perturbed": the exact loss change of rounding that layer alone at b (hawq.perturbation.
     perturbed_losses: one forward pass over the data per layer and width, no probes, no noise);
     a layer's `trace` then holds the trace an isotropic model would need for the same Ω at the
-    narrowest width (n · Ω / ‖ΔW‖²), with no standard error and 0 probes.
+    narrowest width (n · Ω / ‖ΔW‖²), with no standard error and 0 probes. "perturbed_cross": the
+    same Ω, plus the cross-layer terms Δ_aᵀ G Δ_b of every pair of layers and widths (Gauss-Newton
+    G; hawq.perturbation.perturbation_terms: one forward-mode product per layer and width per
+    batch) as `interactions`, which solve() then optimises with Ω (a quadratic model of the loss).
     """
     t0 = time.time()
     bits, a_bits = _widths(bits, "bits"), _widths(a_bits, "a_bits")
@@ -282,7 +327,8 @@ def profile(
     k = probes_per_batch
     if k == "auto" and (sensitivity == "trace" or a_bits):
         k = _auto_k(folded, loss_fn, batches[0], list(weights.values()), engine)
-    if sensitivity == "perturbed":
+    interactions: tuple[Interaction, ...] = ()
+    if sensitivity in PERTURBED:
         deltas = perturbed_losses(
             folded, loss_fn, batches, {n: mods[n] for n in weights}, bits, weight_method=weight_method,
             done=None if checkpoint is None else _load_perturbed(checkpoint, fingerprints, bits),
@@ -290,6 +336,12 @@ def profile(
         weight_stats = {n: _Stat(_effective_trace(deltas[n], sq[n], weights[n].numel())) for n in weights}
         omegas = {n: {b: max(v, 0.0) for b, v in deltas[n].items()} for n in weights}
         unconverged, extra = [], {}
+        if sensitivity == "perturbed_cross":
+            t = time.time()
+            terms = perturbation_terms(folded, loss_fn, batches, {n: mods[n] for n in weights}, bits,
+                                       curvature="ggn", weight_method=weight_method)
+            interactions = tuple(Interaction(a, b, m) for a, b, m in terms.pairs())
+            extra["cross_seconds"] = round(time.time() - t, 3)
     else:
         importance = {n: sq[n][bits[0]] / weights[n].numel() for n in weights}
         est = hutchinson_traces(folded, loss_fn, batches, weights, importance=importance, rel_tol=rel_tol,
@@ -329,7 +381,7 @@ def profile(
         layers.append(LayerProfile(l.name, l.kind, l.weight_shape, l.params, l.macs, e.mean, e.se, e.n, sq[l.name],
                                    omegas[l.name], **row))
     result = Profile(tuple(layers), bits, graph.groups, tuple(unconverged), fingerprints, {**settings, "k": k, **extra},
-                     time.time() - t0, graph.residual, a_bits)
+                     time.time() - t0, graph.residual, a_bits, interactions)
     if cache is not None and world()[0] == 0:
         result.save(cache)
         checkpoint.unlink(missing_ok=True)

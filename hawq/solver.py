@@ -12,9 +12,15 @@ limit the budget gives, all optional and all at once:
 Weight bits and BOPs are integers, so those limits and the feasibility checks are exact (for
 totals under 5e8; above that the limit is tightened by 1e-9 of itself to absorb CBC's tolerance).
 Ω(w, a) = Ω_w(w) from the profile plus Ω_a(a) when activation sensitivities are given.
+
+A profile with cross-layer terms (sensitivity "perturbed_cross") makes the objective quadratic:
+Σ Ω·x + Σ_{u<v} q_uv(c, d)·x[u,c]·x[v,d]. Each product gets a continuous y[u,v,c,d] ≥ 0 tied to
+the binaries by Σ_d y[u,v,c,d] = x[u,c] and Σ_c y[u,v,c,d] = x[v,d], which forces y = x·x at every
+integer point whatever the signs of q (the usual linearisation of a product of assignments).
 """
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -35,7 +41,14 @@ from .errors import ArtifactError, ConfigError, InfeasibleBudgetError
 if TYPE_CHECKING:
     from .sensitivity import Profile
 
+log = logging.getLogger(__name__)
 FORMAT, VERSION = "plan", 1
+# the most pair columns y[u,v,c,d] the quadratic model may have; above, the solver drops the
+# cross-layer terms and solves the additive model (with a warning; the plan says "additive").
+# HiGHS on random dense terms, 2/4/8 bits, 1 thread: 20 layers (1,710 columns) 0.04–0.4 s;
+# 53 layers (11,700) 17–38 s; 100 layers (44,500) over 10 minutes.
+MAX_PAIR_COLUMNS = 20_000
+LOSS_MODELS = ("additive", "quadratic")
 MB = 1e6  # bytes in a megabyte
 GIGA = 1e9
 Cand = tuple[int, int]  # (w_bits, a_bits)
@@ -432,6 +445,19 @@ class _Problem:
     omega: dict[str, dict[Cand, float]]  # layer → candidate → Ω_w + Ω_a
     total_params: int
     latency: dict[str, dict[Cand, float]] | None  # the validated table, or None
+    # units (u, v), u < v → (w_bits of u, w_bits of v) → the cross-layer terms between their layers
+    # (those inside one unit are in `cost`); empty for the additive model
+    pairs: dict[tuple[int, int], dict[tuple[int, int], float]] = field(default_factory=dict)
+    quadratic: bool = False  # whether cost and pairs hold the profile's cross-layer terms
+
+    def objective(self, chosen: Sequence[Cand]) -> float:
+        """The ILP's objective at a per-unit choice: Σ cost, plus the pair terms.
+
+        chosen: per unit, its candidate.
+        """
+        parts = [self.cost[u][self.allowed[u].index(c)] for u, c in enumerate(chosen)]
+        parts += [q[chosen[u][0], chosen[v][0]] for (u, v), q in self.pairs.items()]
+        return math.fsum(parts)
 
     def lo(self, resource: str) -> float:
         """Least total of `resource` over all plans (each unit at its cheapest candidate).
@@ -500,7 +526,9 @@ def _problem(profile: Profile, *, bits: Sequence[int] | None, a_bits: int | Sequ
         allowed.append(tuple(ok))
     omega = {l.name: {c: l.omega[c[0]] + aom[l.name][c[1]] for c in cands} for l in profile.layers}
     layers = profile.layers
-    cost = tuple(tuple(math.fsum(omega[layers[i].name][c] for i in m) for c in al) for m, al in zip(units, allowed))
+    pairs, inner, quadratic = _unit_pairs(profile, units, allowed)
+    cost = tuple(tuple(math.fsum([omega[layers[i].name][c] for i in m] + [inner[u].get(c[0], 0.0)]) for c in al)
+                 for u, (m, al) in enumerate(zip(units, allowed)))
     coef: dict[str, tuple[tuple[float, ...], ...]] = {
         "weight_bits": tuple(tuple(sum(layers[i].params * c[0] for i in m) for c in al) for m, al in zip(units, allowed)),
         "bops": tuple(tuple(sum(layers[i].macs * c[0] * c[1] for i in m) for c in al) for m, al in zip(units, allowed)),
@@ -509,7 +537,47 @@ def _problem(profile: Profile, *, bits: Sequence[int] | None, a_bits: int | Sequ
         coef["latency_ms"] = tuple(tuple(math.fsum(lat[layers[i].name][c] for i in m) for c in al)
                                    for m, al in zip(units, allowed))
     return _Problem(profile, cands, pin_of, rules, groups, tuple(units), tuple(allowed), cost, coef, omega,
-                    sum(l.params for l in layers), lat)
+                    sum(l.params for l in layers), lat, pairs, quadratic)
+
+
+def _unit_pairs(profile: Profile, units: Sequence[tuple[int, ...]], allowed: Sequence[tuple[Cand, ...]]
+                ) -> tuple[dict[tuple[int, int], dict[tuple[int, int], float]], list[dict[int, float]], bool]:
+    """The profile's cross-layer terms summed per pair of units, and per unit those between its own
+    layers (a tie group shares one width): (pairs, inner, quadratic). Both empty and quadratic
+    False without interactions, or when the quadratic model would need more than
+    MAX_PAIR_COLUMNS columns.
+
+    profile: the profiled layers and their interactions.
+    units: layer indices per unit.
+    allowed: per unit, its candidates.
+    """
+    inner: list[dict[int, float]] = [{} for _ in units]
+    if not profile.interactions:
+        return {}, inner, False
+    unit_of = {profile.layers[i].name: u for u, m in enumerate(units) for i in m}
+    at = {b: i for i, b in enumerate(profile.bits)}
+    widths = [sorted({c[0] for c in al}) for al in allowed]
+    pairs: dict[tuple[int, int], dict[tuple[int, int], float]] = {}
+    for it in profile.interactions:
+        u, v = unit_of[it.a], unit_of[it.b]
+        if u == v:
+            for w in widths[u]:
+                inner[u][w] = inner[u].get(w, 0.0) + it.terms[at[w]][at[w]]
+            continue
+        flip = u > v
+        if flip:
+            u, v = v, u
+        q = pairs.setdefault((u, v), {})
+        for wu in widths[u]:
+            for wv in widths[v]:
+                t = it.terms[at[wv]][at[wu]] if flip else it.terms[at[wu]][at[wv]]
+                q[wu, wv] = q.get((wu, wv), 0.0) + t
+    columns = sum(len(allowed[u]) * len(allowed[v]) for u, v in pairs if len(allowed[u]) > 1 and len(allowed[v]) > 1)
+    if columns > MAX_PAIR_COLUMNS:
+        log.warning("the %d cross-layer terms need %d pair columns, more than MAX_PAIR_COLUMNS=%d: solving the "
+                    "additive model (each layer's Ω alone)", len(profile.interactions), columns, MAX_PAIR_COLUMNS)
+        return {}, [{} for _ in units], False
+    return pairs, inner, True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -674,6 +742,9 @@ class Plan:
     pin_rules: the pins as given (names or regular expressions → width).
     guard: the measured-loss guard's record, {"chosen": label, "candidates": [...]}, or None.
     solver: the MIP solver that proved it ("highs" or "cbc"; "" for uniform plans).
+    loss_model: "quadratic" when omega holds the profile's cross-layer terms (and the ILP minimised
+        them), "additive" when it is Σ Ω alone.
+    cross_omega: the cross-layer part of omega (0 for the additive model).
     """
 
     layers: tuple[LayerChoice, ...]
@@ -693,6 +764,8 @@ class Plan:
     pin_rules: dict[str, Pin] = field(default_factory=dict)
     guard: dict[str, Any] | None = None
     solver: str = ""
+    loss_model: str = "additive"
+    cross_omega: float = 0.0
 
     def assignment(self) -> dict[str, tuple[int, int]]:
         """Layer name → (w_bits, a_bits), in profile order."""
@@ -714,6 +787,7 @@ class Plan:
             "format": f"hawq.{FORMAT}/{VERSION}", "label": self.label, "status": self.status,
             "objective": self.omega, "gap": self.gap, "solver": self.solver, "solve_seconds": self.solve_seconds,
             "weight_bytes": self.weight_bytes, "avg_bits": self.avg_bits, "omega": self.omega,
+            "loss_model": self.loss_model, "cross_omega": self.cross_omega,
             "budget": dict(self.budget), "constraints": {k: dict(v) for k, v in self.constraints.items()},
             "candidates": [list(c) for c in self.candidates],
             "pins": {k: _pin_json(v) for k, v in self.pins.items()},
@@ -755,6 +829,7 @@ class Plan:
                 gap=None if gap is None else _float(gap),
                 pin_rules={_str(k): _pin_load(v) for k, v in d.get("pin_rules", {}).items()},
                 guard=guard, solver=_str(d.get("solver", "")),
+                loss_model=_str(d.get("loss_model", "additive")), cross_omega=_float(d.get("cross_omega", 0.0)),
             )
             _check_consistent(plan, d)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
@@ -864,6 +939,8 @@ def _check_consistent(plan: Plan, d: Mapping[str, Any]) -> None:
     w = plan.constraints.get("weight_bytes", {}).get("value")
     if w is not None and w != total / 8:
         raise ValueError(f"constraints.weight_bytes.value {w} does not match its layers ({total / 8})")
+    if plan.loss_model not in LOSS_MODELS:
+        raise ValueError(f"loss_model {plan.loss_model!r} is not one of {', '.join(LOSS_MODELS)}")
     if "objective" in d and _float(d["objective"]) != plan.omega:
         raise ValueError(f"objective {d['objective']} differs from omega {plan.omega}")
 
@@ -974,12 +1051,14 @@ def _make_plan(p: _Problem, wa: Mapping[str, Cand], *, caps: Mapping[str, float]
     profile = p.profile
     layers = tuple(LayerChoice(l.name, wa[l.name][0], wa[l.name][1], int(l.params), float(p.omega[l.name][wa[l.name]]),
                                l.name in p.pins) for l in profile.layers)
+    cross = profile.cross_omega({n: c[0] for n, c in wa.items()}) if p.quadratic else 0.0
     return Plan(layers=layers, budget=budget, weight_bytes=plan_weight_bytes(profile, wa),
-                avg_bits=avg_bits_of(profile, wa), omega=math.fsum(l.omega for l in layers), status=status,
+                avg_bits=avg_bits_of(profile, wa), omega=math.fsum([l.omega for l in layers] + [cross]), status=status,
                 solve_seconds=seconds, pins=dict(p.pins), ties=p.groups, label=label,
                 profile_fingerprint=profile_fingerprint(profile),
                 constraints=_constraint_records(profile, wa, caps, p.latency),
-                candidates=p.cands, gap=gap, pin_rules=dict(p.pin_rules))
+                candidates=p.cands, gap=gap, pin_rules=dict(p.pin_rules),
+                loss_model="quadratic" if p.quadratic else "additive", cross_omega=cross)
 
 
 def _budget_record(budget: Budget, caps: Mapping[str, float]) -> dict[str, Any]:
@@ -1029,7 +1108,7 @@ def _highspy() -> Any:
     return highspy
 
 
-def solver_backend(solver: str = "auto", units: int = 0) -> str:
+def solver_backend(solver: str = "auto", units: int = 0, quadratic: bool = False) -> str:
     """The MIP solver `solver` means for a model of `units` free units: "highs" or "cbc".
 
     CBC (bundled with PuLP) proves optimality to 1e-12 of the objective and is fast up to a few
@@ -1040,10 +1119,11 @@ def solver_backend(solver: str = "auto", units: int = 0) -> str:
     solver: "auto" (CBC up to AUTO_CBC_UNITS free units, HiGHS beyond when highspy is installed),
         "highs" or "cbc".
     units: free units (layers or tie groups not fixed by a pin) in the model.
+    quadratic: whether the model has cross-layer pair columns; "auto" then takes HiGHS at any size.
     """
     if solver not in SOLVERS:
         raise ConfigError(f"solver={solver!r} is not one of {', '.join(SOLVERS)}")
-    if solver == "cbc" or (solver == "auto" and (units <= AUTO_CBC_UNITS or _highspy() is None)):
+    if solver == "cbc" or (solver == "auto" and ((units <= AUTO_CBC_UNITS and not quadratic) or _highspy() is None)):
         return "cbc"
     if _highspy() is None:
         raise ConfigError("solver='highs' needs the highspy package (pip install highspy); or use solver='cbc'")
@@ -1203,17 +1283,29 @@ def _model(p: _Problem, caps: Mapping[str, float], *, objective: str | None, cut
     cuts: plans to stay away from (see _Cut).
     phase1: minimise the total violation of the rows instead (each row gets a slack ≥ 0): a model
         that is always feasible, with optimum 0 exactly when the real one is feasible.
+    With cross-layer terms (p.pairs) and the Ω objective, a pair of free units adds its product
+    columns y (see the module's docstring); a pair with one unit fixed adds to the other's cost.
+    Each pair's block has its least term taken out (Σ y = 1 per pair) before the common scaling.
     """
     n = len(p.units)
     free = [u for u in range(n) if len(p.allowed[u]) > 1]
-    cost = p.cost if objective is None else p.coef[objective]
+    cost = [list(row) for row in (p.cost if objective is None else p.coef[objective])]
+    blocks = {} if objective is not None or phase1 else _pair_blocks(p, cost)
     base = {u: min(cost[u]) for u in free}
-    scale = max((c - base[u] for u in free for c in cost[u]), default=0.0) or 1.0
+    least = {key: min(map(min, m)) for key, m in blocks.items()}
+    scale = max([c - base[u] for u in free for c in cost[u]]
+                + [t - least[key] for key, m in blocks.items() for row in m for t in row], default=0.0) or 1.0
     lp = _Lp()
     x = {(u, k): lp.col(0.0 if phase1 else (cost[u][k] - base[u]) / scale)
          for u in free for k in range(len(p.allowed[u]))}
     for u in free:
         lp.row([(x[u, k], 1.0) for k in range(len(p.allowed[u]))], 1.0, 1.0)
+    for (u, v), m in blocks.items():
+        y = [[lp.col((t - least[u, v]) / scale, 0.0, 1.0, False) for t in row] for row in m]
+        for k, row in enumerate(y):
+            lp.row([(j, 1.0) for j in row] + [(x[u, k], -1.0)], 0.0, 0.0)
+        for k2 in range(len(m[0])):
+            lp.row([(row[k2], 1.0) for row in y] + [(x[v, k2], -1.0)], 0.0, 0.0)
 
     def row(terms: list[tuple[int, float]], rhs: float) -> None:
         if phase1:
@@ -1246,6 +1338,26 @@ def _model(p: _Problem, caps: Mapping[str, float], *, objective: str | None, cut
     return lp, x
 
 
+def _pair_blocks(p: _Problem, cost: list[list[float]]) -> dict[tuple[int, int], list[list[float]]]:
+    """The pair terms of the quadratic objective over the allowed candidates: per pair of free
+    units its matrix [k][k2]; a pair with one fixed unit is added to the free unit's `cost` (in
+    place), a pair of fixed units is a constant and dropped.
+
+    p: the validated problem.
+    cost: per unit and allowed candidate, its Ω (changed in place).
+    """
+    blocks = {}
+    for (u, v), q in p.pairs.items():
+        au, av = p.allowed[u], p.allowed[v]
+        if len(au) > 1 and len(av) > 1:
+            blocks[u, v] = [[q[c[0], d[0]] for d in av] for c in au]
+        elif len(au) > 1:
+            cost[u] = [t + q[c[0], av[0][0]] for t, c in zip(cost[u], au)]
+        elif len(av) > 1:
+            cost[v] = [t + q[au[0][0], d[0]] for t, d in zip(cost[v], av)]
+    return blocks
+
+
 def _ilp(p: _Problem, caps: Mapping[str, float], *, objective: str | None = None, cuts: Sequence[_Cut] = (),
          time_limit: float | None = None, solver: str = "auto") -> tuple[list[Cand], str, float] | None:
     """Solve the one-hot ILP; (per unit its candidate, status, relative gap), None if infeasible.
@@ -1265,7 +1377,7 @@ def _ilp(p: _Problem, caps: Mapping[str, float], *, objective: str | None = None
     if not x:
         chosen = [p.allowed[u][0] for u in range(n)]
         return (chosen, "Optimal", 0.0) if _fits(p, chosen, caps) and _clear_of(p, chosen, cuts) else None
-    run = _run_highs if solver_backend(solver, len({u for u, _ in x})) == "highs" else _run_cbc
+    run = _run_highs if solver_backend(solver, len({u for u, _ in x}), p.quadratic) == "highs" else _run_cbc
     try:
         res = run(lp, time_limit)
     except _SolverCrash:
@@ -1411,9 +1523,9 @@ def _solve(p: _Problem, budget: Budget, caps: Mapping[str, float], *, cuts: Sequ
 
 def _widen_ties(p: _Problem, chosen: Sequence[Cand], caps: Mapping[str, float],
                 cuts: Sequence[_Cut] = ()) -> list[Cand]:
-    """Among plans of equal Σ Ω, the wider: each unit whose candidate ties in Ω with a wider one
-    (a layer whose trace is clamped to 0 has the same Ω at every width) takes the widest tied
-    candidate that keeps every limit and cut. Σ Ω does not change.
+    """Among plans of equal objective, the wider: each unit whose candidate ties in the objective
+    with a wider one (a layer whose trace is clamped to 0 has the same Ω at every width) takes the
+    widest tied candidate that keeps every limit and cut. The objective does not change.
 
     p: the validated problem.
     chosen: per unit, its candidate (an optimum).
@@ -1422,11 +1534,10 @@ def _widen_ties(p: _Problem, chosen: Sequence[Cand], caps: Mapping[str, float],
     """
     chosen = list(chosen)
     for u, al in enumerate(p.allowed):
-        cost = p.cost[u][al.index(chosen[u])]
-        for k in sorted((k for k, c in enumerate(al) if c > chosen[u] and p.cost[u][k] == cost),
-                        key=al.__getitem__, reverse=True):
+        value = p.objective(chosen)
+        for k in sorted((k for k, c in enumerate(al) if c > chosen[u]), key=al.__getitem__, reverse=True):
             trial = chosen[:u] + [al[k]] + chosen[u + 1:]
-            if _fits(p, trial, caps) and _clear_of(p, trial, cuts):
+            if p.objective(trial) == value and _fits(p, trial, caps) and _clear_of(p, trial, cuts):
                 chosen = trial
                 break
     return chosen
@@ -1471,7 +1582,7 @@ def solve(profile: Profile, budget: Budget, *, bits: Sequence[int] | None = None
     wa = _per_layer(p, chosen)
     return replace(_make_plan(p, wa, caps=caps | budget.act_cap(), budget=_budget_record(budget, caps), status=status, gap=gap,
                               seconds=time.perf_counter() - t0, label=f"mixed@{avg_bits_of(profile, wa):.2f}b"),
-                   solver=solver_backend(solver, p.free))
+                   solver=solver_backend(solver, p.free, p.quadratic))
 
 
 def alternatives(profile: Profile, budget: Budget, count: int = 3, *, min_change: float = 0.1,
@@ -1669,5 +1780,5 @@ def sweep(profile: Profile, *, axis: str = "weight", points: int = 50, budget: B
                                         status=res[1], gap=res[2],
                                         seconds=time.perf_counter() - t0,
                                         label=f"mixed@{avg_bits_of(profile, wa):.2f}b"),
-                             solver=solver_backend(solver, p.free)))
+                             solver=solver_backend(solver, p.free, p.quadratic)))
     return plans
