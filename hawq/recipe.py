@@ -57,7 +57,7 @@ class Recipe:
     seed: int = 0
     engine: str = "auto"  # HVP engine: "auto" times one probe of each
     omega_trace: str = "upper"  # the trace Ω uses: "upper" (95% bound) | "mean" (see hawq.profile)
-    sensitivity: str = DEFAULT_SENSITIVITY  # how Ω is made: "trace" | "perturbed" (see hawq.profile)
+    sensitivity: str = DEFAULT_SENSITIVITY  # how Ω is made: "trace" | "perturbed" | "perturbed_cross" (hawq.profile)
     candidates: tuple[int, ...] = (2, 4, 8)
     budgets: tuple[dict[str, float], ...] = ({"uniform_bits": 8}, {"uniform_bits": 4}, {"uniform_bits": 3})
     pin_first_last: bool = True
