@@ -450,14 +450,17 @@ class _Problem:
     pairs: dict[tuple[int, int], dict[tuple[int, int], float]] = field(default_factory=dict)
     quadratic: bool = False  # whether cost and pairs hold the profile's cross-layer terms
 
-    def objective(self, chosen: Sequence[Cand]) -> float:
-        """The ILP's objective at a per-unit choice: Σ cost, plus the pair terms.
+    def unit_value(self, chosen: Sequence[Cand], u: int, c: Cand) -> float:
+        """The part of the objective that unit u's candidate changes, with u at `c` and every
+        other unit as in `chosen`: its cost plus its pair terms (equal values: equal objectives).
 
         chosen: per unit, its candidate.
+        u: the unit.
+        c: its candidate to value.
         """
-        parts = [self.cost[u][self.allowed[u].index(c)] for u, c in enumerate(chosen)]
-        parts += [q[chosen[u][0], chosen[v][0]] for (u, v), q in self.pairs.items()]
-        return math.fsum(parts)
+        at = lambda v: c if v == u else chosen[v]  # noqa: E731
+        return math.fsum([self.cost[u][self.allowed[u].index(c)]]
+                         + [q[at(a)[0], at(b)[0]] for (a, b), q in self.pairs.items() if u in (a, b)])
 
     def lo(self, resource: str) -> float:
         """Least total of `resource` over all plans (each unit at its cheapest candidate).
@@ -1534,10 +1537,10 @@ def _widen_ties(p: _Problem, chosen: Sequence[Cand], caps: Mapping[str, float],
     """
     chosen = list(chosen)
     for u, al in enumerate(p.allowed):
-        value = p.objective(chosen)
+        value = p.unit_value(chosen, u, chosen[u])
         for k in sorted((k for k, c in enumerate(al) if c > chosen[u]), key=al.__getitem__, reverse=True):
             trial = chosen[:u] + [al[k]] + chosen[u + 1:]
-            if p.objective(trial) == value and _fits(p, trial, caps) and _clear_of(p, trial, cuts):
+            if p.unit_value(chosen, u, al[k]) == value and _fits(p, trial, caps) and _clear_of(p, trial, cuts):
                 chosen = trial
                 break
     return chosen
