@@ -23,7 +23,7 @@ from torch.nn import functional as F
 import hawq
 from hawq.data import evaluate
 from hawq.guard import GuardCache, quantize_plan
-from hawq.solver import fixed_plan
+from hawq.solver import SolveSpec, fixed_plan
 
 
 def ranks(values: list[float]) -> list[int]:
@@ -53,7 +53,7 @@ def main() -> None:
     cache = GuardCache()
 
     def loss(assignment: dict) -> float:
-        plan = fixed_plan(prof, assignment, label="probe", pins={}, bits=(8,))
+        plan = fixed_plan(prof, assignment, spec=SolveSpec(pins={}, bits=(8,)), label="probe")
         return evaluate(quantize_plan(model, plan, batches, cache), batches)[1]
 
     base = loss({n: (8, 8) for n in prof.names})

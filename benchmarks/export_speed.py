@@ -47,7 +47,7 @@ from torch.nn import functional as F
 
 import hawq
 from hawq.graph import trace_layers
-from hawq.legalize import ORT_INT8
+from hawq.target import ORT_INT8
 
 TORCHVISION = ("resnet18", "mobilenet_v2")
 
@@ -72,7 +72,7 @@ def plans(model, prof_batches, omega_trace: str = "upper") -> dict[str, dict]:
     names = trace_layers(model, prof_batches[0][0]).names
     prof = hawq.profile(model, F.cross_entropy, prof_batches, bits=(2, 4, 8), max_probes=8, min_probes=4, rel_tol=0.2,
                         omega_trace=omega_trace)
-    mixed = hawq.solve(prof, hawq.Budget(megabytes=hawq.uniform_plan(prof, 4).weight_bytes / 1e6), bits=(2, 4, 8))
+    mixed = hawq.solve(prof, hawq.Budget(megabytes=hawq.uniform_plan(prof, 4).weight_bytes / 1e6), spec=hawq.SolveSpec(bits=(2, 4, 8)))
     return {"w8a8": {n: (8, 8) for n in names}, "mixed": dict(mixed.assignment())}
 
 

@@ -96,7 +96,7 @@ def main() -> None:
         t0 = time.time()
         uni = hawq.uniform_plan(prof, bits)
         budget = hawq.Budget(megabytes=uni.weight_bytes / 1e6)
-        mixed = hawq.guarded_solve(prof, budget, model=model, data=batches, bits=(2, 4, 8), cache=cache)
+        mixed = hawq.guarded_solve(prof, budget, spec=hawq.SolveSpec(bits=(2, 4, 8)), model=model, data=batches, cache=cache)
         for method, plan in (("uniform", uni), ("hawq", mixed)):
             acc, loss = evaluate(hawq.quantize(model, plan, batches).to(dev), ev, dev)
             rows.append({"budget_bits": bits, "method": method, "accuracy": acc, "loss": loss,

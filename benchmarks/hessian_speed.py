@@ -30,9 +30,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from hawq import quant
-from hawq.graph import trace_layers
-from hawq.hessian import ENGINES, _ENGINE_FNS, hvp_context, pick_engine, rademacher, significant
-from hawq.rewrite import fold_bn
+from hawq.graph import fold_bn, trace_layers
+from hawq.hessian import ENGINES, HVP_ENGINES, hvp_context, pick_engine, rademacher, significant
 
 
 def build(name: str, size: int) -> nn.Module:
@@ -75,12 +74,12 @@ def main() -> None:
 
         with hvp_context():
             grad_s = timed(grad_step, a.repeats)
-            kept = _ENGINE_FNS["double_backward"](model, F.cross_entropy, x, y, params)
+            kept = HVP_ENGINES["double_backward"](model, F.cross_entropy, x, y, params)
             v1 = rademacher(params, 1, 0, 0)
             pyh = timed(lambda: kept(v1), a.repeats)
             del kept
             engine = pick_engine(model, F.cross_entropy, (x, y), params, a.k, ENGINES)
-            hvp = _ENGINE_FNS[engine](model, F.cross_entropy, x, y, params)
+            hvp = HVP_ENGINES[engine](model, F.cross_entropy, x, y, params)
             vk = rademacher(params, a.k, 0, 1)
             ours = timed(lambda: hvp(vk), a.repeats) / a.k
             samples = []

@@ -7,7 +7,7 @@ side by side, on the same quantized models, in one run.
 Schemes (hawq.export_onnx(..., int8=...), see hawq.legalize):
   - u8u8: 8-bit weights behind 8-bit inputs stored UINT8 with zero point 128 (u8×u8 kernels);
   - reduce-range: those weights given 7-bit codes (±63) in INT8 (u8×s8 kernels, no pair exceeds
-    int16), by hawq.quantize(..., reduce_range=True), so the export changes nothing;
+    int16), by hawq.quantize(..., target=Target("ort", "reduce-range")), so the export changes nothing;
   - s8-vnni: INT8 at full range (u8×s8 kernels), exact only on CPUs with VNNI, AMX or ARM64.
 Models: the two embedded Fashion-MNIST models with their checkpoints (accuracy of the ONNX file
 in ONNX Runtime on the 9,000 evaluation images, and of hawq.quantize's fake-quant model in PyTorch,
@@ -37,7 +37,7 @@ from hawq import cpu
 from hawq import data as D
 from hawq.errors import VerificationError
 from hawq.graph import trace_layers
-from hawq.legalize import ORT_INT8
+from hawq.target import ORT_INT8
 from hawq.models import load_embedded
 from hawq.rewrite import quant_layers
 
@@ -92,7 +92,7 @@ def main() -> None:
         model, cal, ev, batch_sizes = load(name)
         plan = {n: (8, 8) for n in trace_layers(model, cal[0]).names}
         full = hawq.quantize(model, plan, cal, quantize_outputs=True)
-        narrowed = hawq.quantize(model, plan, cal, quantize_outputs=True, reduce_range=True)
+        narrowed = hawq.quantize(model, plan, cal, quantize_outputs=True, target=hawq.Target("ort", "reduce-range"))
         model_rows, paths = [], []
         for scheme in ORT_INT8:
             qmodel = narrowed if scheme == "reduce-range" else full

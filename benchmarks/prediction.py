@@ -44,9 +44,9 @@ from hawq.baselines import measured_deltas, random_sensitivity, resensitized
 from hawq.guard import GuardCache, quantize_plan
 from hawq.models import load_embedded
 from hawq.perturbation import output_error_scores, perturbation_terms, perturbed_losses
-from hawq.rewrite import fold_bn
+from hawq.graph import fold_bn
 from hawq.sensitivity import DEFAULT_SENSITIVITY, profile
-from hawq.solver import Budget, default_pins, solve, uniform_plan
+from hawq.solver import Budget, SolveSpec, default_pins, solve, uniform_plan
 
 MODELS = ("resnet20", "mobilenetv2_fashion", "vit_fashion")
 CANDIDATES = (2, 4, 8)
@@ -118,7 +118,7 @@ def run_model(name: str, out: Path, n_plans: int, max_probes: int, log) -> list[
     pins = default_pins(prof)
     cache = GuardCache()
     t = time.time()
-    deltas = measured_deltas(model, prof, batches, CANDIDATES, pins=pins, cache=cache)
+    deltas = measured_deltas(model, prof, batches, spec=SolveSpec(bits=CANDIDATES, pins=pins), cache=cache)
     seconds["measured_deltas"] = time.time() - t
     log(f"{name}: measured deltas {seconds['measured_deltas']:.0f} s")
     folded = fold_bn(model).eval()
@@ -154,8 +154,7 @@ def run_model(name: str, out: Path, n_plans: int, max_probes: int, log) -> list[
         for seed in range(10 * n_plans):
             if len(seen) >= n_plans:
                 break
-            plan = solve(resensitized(prof, random_sensitivity(prof, 1000 * int(10 * bits) + seed)), budget,
-                         bits=CANDIDATES, pins=pins)
+            plan = solve(resensitized(prof, random_sensitivity(prof, 1000 * int(10 * bits) + seed)), budget, spec=SolveSpec(bits=CANDIDATES, pins=pins))
             key = tuple(sorted(plan.assignment().items()))
             if key in seen:
                 continue

@@ -19,8 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import hawq
-from hawq.hessian import _ENGINE_FNS, hvp_context, probe_bytes, rademacher
-from hawq.rewrite import fold_bn
+from hawq.hessian import HVP_ENGINES, hvp_context, probe_bytes, rademacher
+from hawq.graph import fold_bn
 
 
 def setup():
@@ -42,7 +42,7 @@ def one_run(engine: str, k: int) -> None:
     torch.set_num_threads(1)
     model, (x, y), params = setup()
     with hvp_context():
-        _ENGINE_FNS[engine](model, F.cross_entropy, x, y, params)(rademacher(params, k, 0, 0))
+        HVP_ENGINES[engine](model, F.cross_entropy, x, y, params)(rademacher(params, k, 0, 0))
     print(peak_mb())
 
 

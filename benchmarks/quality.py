@@ -47,11 +47,12 @@ from hawq.baselines import (eigen_sensitivity, greedy_plan, inverted_sensitivity
 from hawq.guard import GuardCache, guarded_solve, quantize_plan
 from hawq.models import load_embedded
 from hawq.sensitivity import DEFAULT_SENSITIVITY, SENSITIVITIES, profile
-from hawq.solver import Budget, solve, uniform_plan
+from hawq.solver import Budget, SolveSpec, solve, uniform_plan
 
 MODELS = ("resnet20", "mobilenetv2_fashion", "vit_fashion")
 PROFILE_BITS = (2, 3, 4, 8)
 CANDIDATES = (2, 4, 8)
+SPEC = SolveSpec(bits=CANDIDATES)  # what every allocation may choose (first and last layer at 8 bits)
 BUDGETS = (8.0, 4.0, 3.0 + 2 / 3, 3.0 + 1 / 3, 3.0, 2.5)
 CROSS = "perturbed_cross"
 
@@ -125,7 +126,7 @@ def run_model(name: str, out: Path, n_random: int, log, budgets=BUDGETS, max_pro
             elif kind == "grad_output":
                 lazy[kind] = output_error_sensitivity(model, F.cross_entropy, batches, sizes())
             else:
-                lazy[kind] = measured_deltas(model, sizes(), batches, CANDIDATES, cache=qcache)
+                lazy[kind] = measured_deltas(model, sizes(), batches, spec=SPEC, cache=qcache)
             path.write_text(json.dumps(lazy[kind]))
             cost(kind, time.time() - t)
             log(f"{name}: {kind} sensitivities {time.time() - t:.0f} s")
@@ -164,26 +165,21 @@ def run_model(name: str, out: Path, n_random: int, log, budgets=BUDGETS, max_pro
         t = time.time()
         prof = lambda: prof_of(sensitivity)  # noqa: E731
         planned(bits, "uniform", lambda: uniform_plan(sizes(), int(bits)))
-        planned(bits, "hawq", lambda: guarded_solve(prof(), budget_at(bits), model=model, data=batches, bits=CANDIDATES,
-                                                    cache=gcache))
-        planned(bits, "hawq_noguard", lambda: solve(prof(), budget_at(bits), bits=CANDIDATES))
-        planned(bits, "hawq_cross", lambda: guarded_solve(prof_of(CROSS), budget_at(bits), model=model, data=batches,
-                                                          bits=CANDIDATES, cache=gcache))
-        planned(bits, "hawq_cross_noguard", lambda: solve(prof_of(CROSS), budget_at(bits), bits=CANDIDATES))
-        planned(bits, "hawq_trace", lambda: solve(prof_of("trace"), budget_at(bits), bits=CANDIDATES))
-        planned(bits, "inverted", lambda: solve(resensitized(prof(), inverted_sensitivity(prof())), budget_at(bits),
-                                                bits=CANDIDATES))
-        planned(bits, "aimet_greedy", lambda: greedy_plan(sizes(), sens("deltas"), budget_at(bits), CANDIDATES,
-                                                          label="aimet-greedy"))
-        planned(bits, "grad_output_score", lambda: solve(with_omegas(sizes(), sens("grad_output")), budget_at(bits),
-                                                         bits=CANDIDATES))
+        planned(bits, "hawq", lambda: guarded_solve(prof(), budget_at(bits), spec=SPEC, model=model, data=batches, cache=gcache))
+        planned(bits, "hawq_noguard", lambda: solve(prof(), budget_at(bits), spec=SPEC))
+        planned(bits, "hawq_cross", lambda: guarded_solve(prof_of(CROSS), budget_at(bits), spec=SPEC, model=model, data=batches, cache=gcache))
+        planned(bits, "hawq_cross_noguard", lambda: solve(prof_of(CROSS), budget_at(bits), spec=SPEC))
+        planned(bits, "hawq_trace", lambda: solve(prof_of("trace"), budget_at(bits), spec=SPEC))
+        planned(bits, "inverted", lambda: solve(resensitized(prof(), inverted_sensitivity(prof())), budget_at(bits), spec=SPEC))
+        planned(bits, "aimet_greedy", lambda: greedy_plan(sizes(), sens("deltas"), budget_at(bits), spec=SPEC, label="aimet-greedy"))
+        planned(bits, "grad_output_score", lambda: solve(with_omegas(sizes(), sens("grad_output")), budget_at(bits), spec=SPEC))
         key = (name, round(bits, 3), "random_mean")
         if key in done and (name, round(bits, 3), "random_best") in done:
             for m in ("random_mean", "random_best"):
                 print(json.dumps(done[(name, round(bits, 3), m)]), flush=True)
         else:
             budget = budget_at(bits)
-            plans = [solve(resensitized(prof(), random_sensitivity(prof(), s)), budget, bits=CANDIDATES)
+            plans = [solve(resensitized(prof(), random_sensitivity(prof(), s)), budget, spec=SPEC)
                      for s in range(n_random)]
             got = [measure(p) for p in plans]
             best = max(range(n_random), key=lambda i: got[i][0])
@@ -192,7 +188,7 @@ def run_model(name: str, out: Path, n_random: int, log, budgets=BUDGETS, max_pro
             emit(bits, "random_best", *got[best], plans[best], seed=best)
         log(f"{name}: budget W{bits:.2f} done in {time.time() - t:.0f} s")
     for bits in budgets:  # last: HAWQ-V1's eigenvalues cost more than everything else together
-        planned(bits, "hawq_v1_eig", lambda: solve(resensitized(sizes(), sens("eig")), budget_at(bits), bits=CANDIDATES))
+        planned(bits, "hawq_v1_eig", lambda: solve(resensitized(sizes(), sens("eig")), budget_at(bits), spec=SPEC))
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import hawq
-from hawq.solver import uniform_plan
+from hawq.solver import SolveSpec, uniform_plan
 
 from quality import CANDIDATES, budget_bytes
 
@@ -36,7 +36,7 @@ def main() -> None:
             print(json.dumps({"layer": l.name, "trace": l.trace, "trace_se": l.trace_se, "eig_per_weight": eig[l.name],
                               "delta_2bit": deltas.get(l.name, {}).get("2")}))
     for bits in (float(b) for b in a.bits.split(",")):
-        plan = hawq.solve(prof, hawq.Budget(megabytes=budget_bytes(prof, bits) / 1e6), bits=CANDIDATES)
+        plan = hawq.solve(prof, hawq.Budget(megabytes=budget_bytes(prof, bits) / 1e6), spec=SolveSpec(bits=CANDIDATES))
         wa = plan.assignment()
         uni = uniform_plan(prof, int(bits)).assignment()
         print(json.dumps({

@@ -2,6 +2,7 @@
 
     python benchmarks/solver_scale.py            # all cases
     python benchmarks/solver_scale.py --quick    # the small cases only
+    python benchmarks/solver_scale.py --cross    # the quadratic model (cross-layer terms) only
 
 Keys: case, layers, candidates, constraints, seconds (wall time of the call, model building and
 CBC included), status ("Optimal" = proven optimal; for a sweep, every point), gap (relative
@@ -11,6 +12,10 @@ Problems are synthetic but seeded: per-layer parameters and MACs (for "resnet50"
 shapes of torchvision's ResNet-50 at 224×224, 53 convolutions and the classifier), Ω falling
 with the bit width at a random per-layer scale, activation Ω for the A{4, 8} candidates, and a
 latency table in which 8-bit kernels are the fast ones (so latency pulls against size).
+The "cross" cases add a dense cross-layer term for every pair of layers and widths, mostly
+positive (damage that compounds) and up to the geometric mean of the two layers' Ω, and solve
+the quadratic model with HiGHS at 4 average bits; "pair_columns" is the size MAX_PAIR_COLUMNS
+limits, and a case above it runs with the limit lifted and a time limit ("time_limit").
 """
 from __future__ import annotations
 
@@ -21,8 +26,9 @@ import sys
 import time
 
 from hawq.frontier import pareto
-from hawq.sensitivity import LayerProfile, Profile
-from hawq.solver import Budget, solve
+from hawq.sensitivity import Interaction, LayerProfile, Profile
+from hawq.solver import problem
+from hawq.solver import Budget, SolveSpec, solve
 
 W_BITS, A_BITS = (2, 4, 8), (4, 8)
 # per-MAC time factor of each (w, a) kernel: int8 fast path, int4 unpacking, no int2 kernel
@@ -79,7 +85,7 @@ def ilp_case(n: int, seed: int, r: float) -> dict:
     prof, act, lat = synthetic(random_shapes(n, random.Random(seed)), seed)
     budget = limits(prof, lat, r)
     t0 = time.perf_counter()
-    plan = solve(prof, budget, a_bits=A_BITS, act_omega=act, latency=lat)
+    plan = solve(prof, budget, spec=SolveSpec(a_bits=A_BITS, act_omega=act, latency=lat))
     seconds = time.perf_counter() - t0
     return {"case": "ilp", "layers": n, "candidates": len(W_BITS) * len(A_BITS), "constraints": 3,
             "seconds": round(seconds, 3), "status": plan.status, "gap": plan.gap, "solver": plan.solver, "r": r,
@@ -92,7 +98,7 @@ def pareto_case(shapes: list[tuple[str, int, int]], name: str, points: int, with
     prof, _, _ = synthetic(shapes, 0)
     budget = Budget(bops_ratio=0.5) if with_bops else None
     t0 = time.perf_counter()
-    f = pareto(prof, points=points, bits=W_BITS, budget=budget)
+    f = pareto(prof, spec=SolveSpec(bits=W_BITS), points=points, budget=budget)
     seconds = time.perf_counter() - t0
     statuses = f.settings["statuses"]
     return {"case": f"pareto-{name}", "layers": len(shapes), "candidates": len(W_BITS), "constraints": 1 + with_bops,
@@ -101,10 +107,49 @@ def pareto_case(shapes: list[tuple[str, int, int]], name: str, points: int, with
             "frontier_points": len(f.points)}
 
 
+def with_cross_terms(prof: Profile, seed: int) -> Profile:
+    """`prof` with a dense Interaction for every pair of layers: term(b_a, b_b) drawn in
+    [-0.3, 1] × √(Ω_a(b_a) · Ω_b(b_b))."""
+    rng = random.Random(seed)
+    pairs = []
+    for i, la in enumerate(prof.layers):
+        for lb in prof.layers[i + 1:]:
+            pairs.append(Interaction(la.name, lb.name, tuple(
+                tuple(rng.uniform(-0.3, 1.0) * (la.omega[x] * lb.omega[y]) ** 0.5 for y in prof.bits) for x in prof.bits)))
+    return Profile(layers=prof.layers, bits=prof.bits, fingerprints=prof.fingerprints, interactions=tuple(pairs))
+
+
+def cross_case(shapes: list[tuple[str, int, int]], name: str, seed: int, time_limit: float) -> dict:
+    """One HiGHS solve of the quadratic model at avg_bits 4 with W{2,4,8} × A8."""
+    prof = with_cross_terms(synthetic(shapes, seed)[0], seed)
+    spec = SolveSpec(bits=W_BITS, pins={}, solver="highs", time_limit=time_limit)
+    columns = len(shapes) * (len(shapes) - 1) // 2 * len(W_BITS) ** 2
+    limit = problem.MAX_PAIR_COLUMNS
+    problem.MAX_PAIR_COLUMNS = max(limit, columns)  # lifted for the largest case, to time it
+    try:
+        t0 = time.perf_counter()
+        plan = solve(prof, Budget(avg_bits=4), spec)
+        seconds = time.perf_counter() - t0
+    finally:
+        problem.MAX_PAIR_COLUMNS = limit
+    return {"case": f"cross-{name}", "layers": len(shapes), "candidates": len(W_BITS), "constraints": 1,
+            "seconds": round(seconds, 3), "status": plan.status, "gap": plan.gap, "solver": plan.solver,
+            "loss_model": plan.loss_model, "pair_columns": columns, "above_limit": columns > limit,
+            "time_limit": time_limit}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the small cases")
+    ap.add_argument("--cross", action="store_true", help="only the quadratic-model cases")
     a = ap.parse_args(argv)
+    if a.cross:
+        for n, seed in ((20, 1), (20, 2), (40, 1), (40, 2)):
+            print(json.dumps(cross_case(random_shapes(n, random.Random(seed)), f"random{n}", seed, 600)), flush=True)
+        for seed in (1, 2):
+            print(json.dumps(cross_case(resnet50_shapes(), "resnet50", seed, 600)), flush=True)
+        print(json.dumps(cross_case(random_shapes(100, random.Random(1)), "random100", 1, 300)), flush=True)
+        return 0
     sizes = (100, 300) if a.quick else (100, 300, 1000)
     for n in sizes:
         for r in (0.3, 0.6):

@@ -26,7 +26,7 @@ from hawq import data as D
 from hawq.guard import GuardCache, guarded_solve, quantize_plan
 from hawq.models import load_embedded
 from hawq.sensitivity import DEFAULT_SENSITIVITY, SENSITIVITIES, profile
-from hawq.solver import Budget, solve
+from hawq.solver import Budget, SolveSpec, solve
 from quality import BUDGETS, CANDIDATES, MODELS, PROFILE_BITS, budget_bytes
 
 
@@ -48,8 +48,8 @@ def run(name: str, sensitivity: str, seeds: list[int], out: Path) -> list[dict]:
                        sensitivity=sensitivity, cache=out / f"{name}_{sensitivity}_seed{seed}.json")
         for bits in BUDGETS:
             budget = Budget(megabytes=budget_bytes(prof, bits) / 1e6)
-            plans = {"hawq_noguard": solve(prof, budget, bits=CANDIDATES),
-                     "hawq": guarded_solve(prof, budget, model=model, data=batches, bits=CANDIDATES, cache=gcache)}
+            plans = {"hawq_noguard": solve(prof, budget, spec=SolveSpec(bits=CANDIDATES)),
+                     "hawq": guarded_solve(prof, budget, spec=SolveSpec(bits=CANDIDATES), model=model, data=batches, cache=gcache)}
             for method, plan in plans.items():
                 row = {"kind": "seed", "model": name, "sensitivity": sensitivity, "budget_bits": round(bits, 3),
                        "method": method, "seed": seed, "accuracy": acc(plan),

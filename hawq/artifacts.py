@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator, TypeVar
 
 import torch
 
@@ -85,6 +85,51 @@ def read_json(path: str | Path, kind: str, version: int) -> dict[str, Any]:
     if got != want:
         raise ArtifactError(f"{path} has format {got!r}, expected {want!r}; regenerate it with this hawq version")
     return obj
+
+
+A = TypeVar("A", bound="JsonArtifact")
+
+
+class JsonArtifact:
+    """Base of every versioned JSON artifact (plan, profile, frontier, latency table): the class
+    names its KIND and VERSION and implements to_dict (with the "format" field) and from_dict
+    (validating, ArtifactError when malformed); save writes atomically, load checks the format and
+    names the file in any error."""
+
+    KIND: ClassVar[str]
+    VERSION: ClassVar[int]
+
+    def to_dict(self) -> dict[str, Any]:  # pragma: no cover - each artifact implements it
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls: type[A], d: dict[str, Any]) -> A:  # pragma: no cover - each artifact implements it
+        raise NotImplementedError
+
+    @classmethod
+    def format(cls) -> str:
+        """The artifact's "format" field, e.g. "hawq.plan/1"."""
+        return f"hawq.{cls.KIND}/{cls.VERSION}"
+
+    def save(self, path: str | Path) -> Path:
+        """Write the artifact as JSON, atomically (readers never see half a file).
+
+        path: destination file; its parent is created if missing.
+        """
+        return write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls: type[A], path: str | Path) -> A:
+        """Read an artifact written by save(); ArtifactError naming the file if it is missing, of
+        another format or malformed.
+
+        path: the file.
+        """
+        d = read_json(path, cls.KIND, cls.VERSION)
+        try:
+            return cls.from_dict(d)
+        except ArtifactError as e:
+            raise ArtifactError(f"{path}: {e}") from e
 
 
 def fingerprint_tensors(tensors: dict[str, torch.Tensor]) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -32,9 +32,9 @@ from .guard import GuardCache, quantize_plan
 from .data import evaluate
 from .hessian import top_eigenvalues
 from .perturbation import output_error_scores
-from .rewrite import fold_bn
+from .graph import fold_bn
 from .sensitivity import Profile, omega_z
-from .solver import Budget, Plan, default_pins, fixed_plan
+from .solver import Budget, Plan, SolveSpec, fixed_plan, pinned_layers
 
 
 def hessian_sensitivity(profile: Profile) -> dict[str, float]:
@@ -96,8 +96,8 @@ def eigen_sensitivity(model: nn.Module, loss_fn: Callable, batch: tuple[torch.Te
     return {l.name: max(eig[l.name], 0.0) / l.params for l in profile.layers}
 
 
-def measured_deltas(model: nn.Module, profile: Profile, data: Sequence, bits: Sequence[int], *,
-                    pins: Mapping[str, Any] | None = None, cache: GuardCache | None = None) -> dict[str, dict[int, float]]:
+def measured_deltas(model: nn.Module, profile: Profile, data: Sequence, spec: SolveSpec = SolveSpec(), *,
+                    cache: GuardCache | None = None) -> dict[str, dict[int, float]]:
     """AIMET-style per-layer sensitivity: layer → {w_bits: calibration loss with only that layer
     at w_bits, every other layer at max(bits), minus the loss with all at max(bits)}. Pinned
     layers are not measured (their width is fixed).
@@ -106,9 +106,9 @@ def measured_deltas(model: nn.Module, profile: Profile, data: Sequence, bits: Se
     cache: quantized layers reused across plans (same model and data only).
     """
     cache = GuardCache() if cache is None else cache
-    pins = default_pins(profile) if pins is None else pins
+    pins, bits = pinned_layers(profile, spec), _widths(profile, spec)
     top = max(bits)
-    base_plan = fixed_plan(profile, {n: (pins.get(n, top)) for n in profile.names}, label="base", pins=pins, bits=bits)
+    base_plan = fixed_plan(profile, {n: (pins.get(n, top)) for n in profile.names}, label="base", spec=spec)
     base = _loss(model, base_plan, data, cache)
     out: dict[str, dict[int, float]] = {}
     for l in profile.layers:
@@ -118,7 +118,7 @@ def measured_deltas(model: nn.Module, profile: Profile, data: Sequence, bits: Se
         for b in sorted(bits):
             if b != top:
                 wa = {**base_plan.assignment(), l.name: (b, 8)}
-                out[l.name][b] = _loss(model, fixed_plan(profile, wa, label=f"{l.name}@{b}", pins=pins, bits=bits),
+                out[l.name][b] = _loss(model, fixed_plan(profile, wa, label=f"{l.name}@{b}", spec=spec),
                                        data, cache) - base
     return out
 
@@ -127,18 +127,18 @@ def _loss(model: nn.Module, plan: Plan, data: Sequence, cache: GuardCache) -> fl
     return evaluate(quantize_plan(model, plan, data, cache), data)[1]
 
 
-def greedy_plan(profile: Profile, deltas: Mapping[str, Mapping[int, float]], budget: Budget, bits: Sequence[int], *,
-                pins: Mapping[str, Any] | None = None, label: str = "greedy") -> Plan:
+def greedy_plan(profile: Profile, deltas: Mapping[str, Mapping[int, float]], budget: Budget,
+                spec: SolveSpec = SolveSpec(), *, label: str = "greedy") -> Plan:
     """Start every unpinned layer at max(bits); while the plan is over the weight budget, take the
     one-step width reduction with the least measured loss increase per weight bit saved.
 
     deltas: from measured_deltas (layer → {w_bits: loss change}).
     budget: its weight limit (megabytes, avg_bits or ratio) is the target.
     """
-    pins = default_pins(profile) if pins is None else pins
-    widths = sorted(bits)
-    w = {n: (int(pins[n]) if n in pins else widths[-1]) for n in profile.names}
-    limit_bits = 8 * budget.weight_bytes_limit(profile, pins, bits=widths)
+    pins, widths = pinned_layers(profile, spec), _widths(profile, spec)
+    w = {n: widths[-1] for n in profile.names}
+    w.update({n: pin if isinstance(pin, int) else pin[0] for n, pin in pins.items()})
+    limit_bits = 8 * budget.weight_bytes_limit(profile, spec)
     params = {l.name: l.params for l in profile.layers}
     while sum(params[n] * b for n, b in w.items()) > limit_bits:
         steps = []
@@ -153,4 +153,13 @@ def greedy_plan(profile: Profile, deltas: Mapping[str, Mapping[int, float]], bud
                                         f"free layer at {widths[0]} bits; raise the budget")
         _, _, n, lower = min(steps)
         w[n] = lower
-    return fixed_plan(profile, w, label=label, pins=pins, bits=widths, budget=budget)
+    return fixed_plan(profile, w, label=label, spec=spec, budget=budget)
+
+
+def _widths(profile: Profile, spec: SolveSpec) -> list[int]:
+    """The candidate weight widths of `spec`, sorted (the profile's when it names none).
+
+    profile: the profiled widths.
+    spec: the candidates.
+    """
+    return sorted(spec.bits if spec.bits is not None else profile.bits)

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch.nn import functional as F
 
 import hawq
-from hawq.legalize import ORT_INT8
+from hawq.target import ORT_INT8, TARGETS
 from hawq.sensitivity import SENSITIVITIES
 
 
@@ -63,18 +63,21 @@ def _pin(s: str) -> tuple[str, int | tuple[int, int]]:
     return name, (int(w), int(act)) if act else int(w)
 
 
-LIMITS = ("megabytes", "avg_bits", "ratio", "gbops", "bops_ratio", "latency_ms", "act_kb")
+LIMITS = hawq.BUDGET_KINDS
 
 
 def _limits(a) -> dict[str, float]:
     return {k: getattr(a, k) for k in LIMITS if getattr(a, k, None) is not None}
 
 
-def _pins(a, prof: hawq.Profile):
-    pins = {} if a.no_default_pins else None
+def _spec(a, prof: hawq.Profile, latency=None) -> hawq.SolveSpec:
+    """What the solve and pareto flags let the solver choose: --pin rules after the first and last
+    layer at 8 bits (unless --no-default-pins), the ties, the candidate widths, the MIP solver."""
+    pins = {} if a.no_default_pins else hawq.DEFAULT_PINS
     if a.pin:
-        pins = {**({} if pins == {} else _first_last(prof)), **dict(a.pin)}
-    return pins
+        pins = {**({} if pins == {} else hawq.default_pins(prof)), **dict(a.pin)}
+    return hawq.SolveSpec(bits=a.bits, a_bits=a.a_bits, pins=pins, ties=_ties(a), latency=latency, solver=a.solver,
+                          time_limit=getattr(a, "time_limit", None))
 
 
 def _recipe(path: str | None) -> hawq.Recipe:
@@ -118,10 +121,8 @@ def cmd_profile(a) -> None:
 def cmd_solve(a) -> None:
     hawq.check_output(a.out)
     prof = hawq.Profile.load(a.profile)
-    ties = _ties(a)
     latency = hawq.LatencyTable.load(a.latency).ms if a.latency else None
-    plan = hawq.solve(prof, hawq.Budget(**_limits(a)), bits=a.bits, pins=_pins(a, prof), ties=ties, a_bits=a.a_bits,
-                      latency=latency, time_limit=a.time_limit, solver=a.solver)
+    plan = hawq.solve(prof, hawq.Budget(**_limits(a)), _spec(a, prof, latency))
     plan.save(a.out)
     print(f"{plan.label}: {plan.weight_bytes / 1e6:.4f} MB, {plan.avg_bits:.3f} avg bits, objective Σ Ω "
           f"{plan.omega:.4g}, {plan.status} (gap {plan.gap:.2g}, {plan.solver}) in {plan.solve_seconds:.2f} s -> {a.out}")
@@ -152,16 +153,13 @@ def _ties(a):
     return which.get((a.tie_shared_inputs, a.tie_residual_adds), ())
 
 
-def _first_last(prof: hawq.Profile) -> dict[str, int]:
-    return {prof.layers[0].name: 8, prof.layers[-1].name: 8}
-
-
 def cmd_quantize(a) -> None:
     hawq.check_output(a.out)
     r = _recipe(a.recipe)
     model, (batches, ev) = hawq.load_model(r), hawq.load_data(r)
     plan = hawq.Plan.load(a.plan)
-    q = hawq.quantize(model, plan, batches, reduce_range=a.reduce_range or r.reduce_range)
+    target = hawq.Target(a.target or r.target, "reduce-range" if a.reduce_range else r.int8)
+    q = hawq.quantize(model, plan, batches, target=target)
     acc, loss = hawq.evaluate(q, ev)
     hawq.save_qmodel(a.out, q, batches[0][0], hawq.recipe_arch(r), plan.to_dict())
     print(f"{plan.label}: accuracy {acc:.4f} (loss {loss:.4f}) on {len(ev)} images -> {a.out}")
@@ -210,7 +208,7 @@ def cmd_finetune(a) -> None:
     plan = hawq.Plan.load(a.plan)
     model, (batches, ev) = hawq.load_model(r), hawq.load_data(r)
     train = _train_batches(a, r, batches)
-    q = hawq.quantize(model, plan, batches, reduce_range=r.reduce_range)
+    q = hawq.quantize(model, plan, batches, target=r.quant_target)
     fp_acc, _ = hawq.evaluate(model, ev)
     acc0, loss0 = hawq.evaluate(q, ev)
     print(f"fp32: accuracy {fp_acc:.4f} on {len(ev)} images")
@@ -233,8 +231,9 @@ def cmd_export(a) -> None:
     hawq.check_output(Path(a.out).parent / "verify.json")
     f = hawq.load_qmodel(a.qmodel, build=hawq.build_arch)
     q, x = f.model, f.inputs
-    rep = hawq.export_onnx(q, x[:1], a.out, target=a.target, verify=not a.no_verify, opset=a.opset, verify_inputs=x,
-                          int8=a.int8)
+    made_for = getattr(q, "hawq_target", hawq.Target())
+    rep = hawq.export_onnx(q, x[:1], a.out, target=a.target or made_for.name, verify=not a.no_verify, opset=a.opset,
+                           verify_inputs=x, int8=a.int8 or made_for.int8)
     print(rep.summary())
     d = {k: v for k, v in rep.to_dict().items() if k not in ("layers", "changes")}
     if d["verification"]:
@@ -249,10 +248,9 @@ def cmd_pareto(a) -> None:
     chosen = hawq.Plan.load(a.plan) if a.plan else None
     if chosen is not None:
         chosen.check_profile(prof)
-    f = hawq.pareto(prof, points=a.points, axis=a.axis, budget=hawq.Budget(**limits) if limits else None,
-                    bits=a.bits, pins=_pins(a, prof), ties=_ties(a), a_bits=a.a_bits,
-                    chosen=chosen, solver=a.solver)
-    f.write(a.out, Path(a.profile).stem)
+    f = hawq.pareto(prof, _spec(a, prof), points=a.points, axis=a.axis,
+                    budget=hawq.Budget(**limits) if limits else None, chosen=chosen)
+    hawq.write_frontier(f, a.out, Path(a.profile).stem)
     print("\n".join(hawq.frontier_summary(f)))
     print(f"{len(f.points)} non-dominated of {a.points} swept in {f.seconds:.1f} s -> {a.out}/frontier.json, "
           "frontier.csv, frontier.svg")
@@ -396,6 +394,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("recipe", nargs="?", help=rec_help)
     s.add_argument("--plan", required=True)
     s.add_argument("--out", default="qmodel.pt")
+    s.add_argument("--target", choices=TARGETS,
+                   help="runtime the model is quantized for, so its accuracy is the runtime's: ort (unsigned "
+                        "activations) or tensorrt (symmetric); default: the recipe's [export] target")
     s.add_argument("--reduce-range", action="store_true",
                    help="7-bit weight codes where 8-bit weights meet 8-bit inputs, so that the ort export runs them "
                         "in ONNX Runtime's faster u8×s8 kernels, exactly on every CPU (default: the recipe's "
@@ -428,11 +429,13 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="QDQ ONNX from `hawq quantize` output, verified in onnxruntime")
     s.add_argument("qmodel", help="file written by `hawq quantize`")
     s.add_argument("--out", default="model.onnx")
-    s.add_argument("--target", choices=("ort", "tensorrt"), default="ort",
-                   help="runtime to legalise for: ort (ONNX Runtime, default) or tensorrt (symmetric INT8, INT4 weight-only MatMul)")
+    s.add_argument("--target", choices=TARGETS,
+                   help="runtime to legalise for: ort (ONNX Runtime) or tensorrt (symmetric INT8, INT4 weight-only "
+                        "MatMul); default: the one the model was quantized for")
     s.add_argument("--opset", type=int, default=21, help="lowest opset (the ort target raises it to 25 for INT2 weights)")
-    s.add_argument("--int8", choices=ORT_INT8, default=ORT_INT8[0],
-                   help="ort: how 8-bit weights of 8-bit-input layers are stored: u8u8 (default, UINT8 + 128, exact on "
+    s.add_argument("--int8", choices=ORT_INT8,
+                   help="ort: how 8-bit weights of 8-bit-input layers are stored (default: as quantized, else u8u8): "
+                        "u8u8 (UINT8 + 128, exact on "
                         "every CPU), reduce-range (7-bit codes, exact everywhere, faster on VNNI CPUs) or s8-vnni (full "
                         "INT8, exact only on CPUs with VNNI, AMX or ARM64)")
     s.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check")

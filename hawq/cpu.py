@@ -52,7 +52,6 @@ def ort_u8s8_exact() -> bool:
     exact integer result of the worst case (16 channels × 3×3 of inputs 255 and weights 127:
     4,663,440 / 20000 -> 233; the pairwise-saturated kernel gives 118). Emulators and VMs may
     report flags the kernels do not see; this asks the kernels themselves."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from .errors import DataError
@@ -19,7 +20,6 @@ from .errors import DataError
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST train split statistics
 N_CALIBRATION = 1000
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -122,3 +122,19 @@ def evaluate(model: torch.nn.Module, data, batch_size: int = 500) -> tuple[float
     if n == 0:
         raise DataError("evaluation data is empty")
     return correct / n, loss / n
+
+
+def shift_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Training augmentation for a batch of images (N, C, H, W): one random shift of up to 2 pixels
+    for the whole batch (padded with the batch minimum), then each image flipped left-right with
+    probability 1/2.
+
+    x: the images.
+    g: the random generator (the shift is drawn first, then the flips).
+    """
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (2, 2, 2, 2), value=float(x.min()))
+    dx, dy = torch.randint(0, 5, (2,), generator=g).tolist()
+    out = padded[..., dy : dy + h, dx : dx + w]
+    flip = torch.rand(len(x), generator=g) < 0.5
+    return torch.where(flip.reshape(-1, *([1] * (x.dim() - 1))), out.flip(-1), out)

@@ -26,10 +26,10 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from . import data as D
+from . import data as fmnist  # the embedded Fashion-MNIST data
 from .artifacts import atomic_path, fingerprint_tensors
 from .errors import ArtifactError, ConfigError, DataError, NumericalError
-from .rewrite import QuantLayer, quant_layers
+from .rewrite import quant_layers
 
 log = logging.getLogger(__name__)
 
@@ -80,21 +80,12 @@ class ShuffledBatches:
         idx = perm[i * self.batch_size : (i + 1) * self.batch_size]
         x = self.x[idx]
         if self.augment:
-            x = _augment(x, _generator(self.seed, 2 * step + 1))
+            x = fmnist.shift_flip(x, _generator(self.seed, 2 * step + 1))
         return x, self.y[idx]
 
 
 def _generator(seed: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(stream)) % 2**63)
-
-
-def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    padded = F.pad(x, (2, 2, 2, 2), value=float(x.min()))
-    dx, dy = torch.randint(0, 5, (2,), generator=g).tolist()
-    out = padded[..., dy : dy + h, dx : dx + w]
-    flip = torch.rand(len(x), generator=g) < 0.5
-    return torch.where(flip.reshape(-1, *([1] * (x.dim() - 1))), out.flip(-1), out)
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,7 +106,7 @@ def train_split_batches(folder: str | Path | None, batch_size: int, seed: int = 
         hawq.data's default (Debian's dataset path).
     batch_size, seed, augment: see ShuffledBatches.
     """
-    x, y = D.load_split("train", folder)
+    x, y = fmnist.load_split("train", folder)
     return ShuffledBatches(x, y, batch_size, seed, augment)
 
 

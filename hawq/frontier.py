@@ -1,18 +1,18 @@
 """The Pareto frontier of total Ω against weight size (or BOPs): the ILP swept over its limit
-(ε-constraint, solver.sweep), dominated points removed; frontier.json, frontier.csv, frontier.svg."""
+(ε-constraint, solver.sweep), dominated points removed; the frontier.json artifact (its CSV
+and SVG: hawq.frontier_plot)."""
 from __future__ import annotations
 
 import csv
 import io
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
-from .artifacts import atomic_write_text, read_json, write_json
+from .artifacts import JsonArtifact
 from .errors import ArtifactError
 from .sensitivity import Profile
-from .solver import GIGA, MB, Budget, Plan, plan_bops, sweep, uniform_plan
+from .solver import GIGA, MB, Budget, Plan, SolveSpec, plan_bops, sweep, uniform_plan
 
 FORMAT, VERSION = "frontier", 1
 
@@ -67,7 +67,7 @@ class Point:
 
 
 @dataclass(frozen=True)
-class Frontier:
+class Frontier(JsonArtifact):
     """Non-dominated plans of total Ω against one resource, uniform plans beside them.
 
     axis: "weight" (x = megabytes) or "bops" (x = gbops).
@@ -80,6 +80,8 @@ class Frontier:
     settings: candidates, pins, ties and other limits the sweep used.
     seconds: wall time of the sweep.
     """
+
+    KIND, VERSION = FORMAT, VERSION
 
     axis: str
     layers: tuple[str, ...]
@@ -113,7 +115,7 @@ class Frontier:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with "format": "hawq.frontier/1"."""
-        return {"format": f"hawq.{FORMAT}/{VERSION}", "axis": self.axis, "x": self.x_unit, "y": "omega",
+        return {"format": self.format(), "axis": self.axis, "x": self.x_unit, "y": "omega",
                 "layers": list(self.layers), "points": [p.to_dict() for p in self.points],
                 "uniform": [p.to_dict() for p in self.uniform], "sweep": list(self.sweep), "chosen": self.chosen,
                 "extra": [p.to_dict() for p in self.extra], "settings": self.settings, "seconds": self.seconds}
@@ -135,21 +137,6 @@ class Frontier:
             raise ArtifactError(f"malformed frontier ({e.__class__.__name__}: {e}); regenerate it with `hawq pareto`") from e
         return f
 
-    def save(self, path: str | Path) -> Path:
-        """Write frontier.json, atomically.
-
-        path: destination file.
-        """
-        return write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> Frontier:
-        """Read a frontier written by save().
-
-        path: the file.
-        """
-        return cls.from_dict(read_json(path, FORMAT, VERSION))
-
     def csv_text(self) -> str:
         """One row per frontier point, then per uniform and highlighted plan."""
         buf = io.StringIO()
@@ -163,18 +150,6 @@ class Frontier:
                             " ".join(str(c[1]) for c in p.widths)])
         return buf.getvalue()
 
-    def write(self, out_dir: str | Path, title: str = "") -> dict[str, Path]:
-        """Write frontier.json, frontier.csv and frontier.svg into `out_dir`.
-
-        out_dir: the folder (created if missing).
-        title: a name for the plot's heading (e.g. the recipe name).
-        """
-        from .report import frontier_svg  # the plot lives with the other reports
-
-        out = Path(out_dir)
-        return {"json": self.save(out / "frontier.json"),
-                "csv": atomic_write_text(out / "frontier.csv", self.csv_text()),
-                "svg": atomic_write_text(out / "frontier.svg", frontier_svg(self, title))}
 
 
 def non_dominated(points: Sequence[Point], x: Any) -> list[Point]:
@@ -191,24 +166,19 @@ def non_dominated(points: Sequence[Point], x: Any) -> list[Point]:
     return out
 
 
-def pareto(profile: Profile, *, points: int = 50, axis: str = "weight", budget: Budget | None = None,
-           bits: Sequence[int] | None = None, pins: Mapping[str, Any] | None = None,
-           ties: Sequence[Sequence[str]] | str = (), a_bits: int = 8,
-           act_omega: Mapping[str, Mapping[int, float]] | None = None,
-           latency: Mapping[str, Mapping[Any, float]] | None = None, chosen: Plan | None = None,
-           time_limit: float | None = None, solver: str = "auto") -> Frontier:
+def pareto(profile: Profile, spec: SolveSpec = SolveSpec(), *, points: int = 50, axis: str = "weight",
+           budget: Budget | None = None, chosen: Plan | None = None) -> Frontier:
     """Sweep the limit on `axis` over `points` values, keep the non-dominated plans.
 
     profile: per-layer params, MACs, Ω.
+    spec: what may be chosen, as in solve().
     points: number of limits swept (≥ 2).
     axis: "weight" (Ω against megabytes) or "bops" (Ω against GBOPs).
     budget: other limits held fixed (e.g. gbops while sweeping weight).
-    bits, pins, ties, a_bits, act_omega, latency, time_limit, solver: as in solve().
     chosen: a plan to highlight (e.g. the one a pipeline exported).
     """
     t0 = time.perf_counter()
-    plans = sweep(profile, axis=axis, points=points, budget=budget, bits=bits, pins=pins, ties=ties, a_bits=a_bits,
-                  act_omega=act_omega, latency=latency, time_limit=time_limit, solver=solver)
+    plans = sweep(profile, spec, axis=axis, points=points, budget=budget)
     xof = (lambda p: p.megabytes) if axis == "weight" else (lambda p: p.gbops)
     raw = [Point.of(pl, profile, "") for pl in plans]
     if chosen is not None and chosen.status == "Optimal" and chosen.candidates == plans[0].candidates \
@@ -217,8 +187,8 @@ def pareto(profile: Profile, *, points: int = 50, axis: str = "weight", budget: 
     front = [Point(f"P{i + 1}", p.megabytes, p.avg_bits, p.gbops, p.omega, p.status, p.widths)
              for i, p in enumerate(non_dominated(raw, xof))]
     unit = "megabytes" if axis == "weight" else "gbops"
-    a_set = (a_bits,) if isinstance(a_bits, int) else tuple(a_bits)
-    uniform = tuple(Point.of(uniform_plan(profile, w, pins=pins, a_bits=a, ties=ties), profile,
+    a_set = sorted({c[1] for c in plans[0].candidates})
+    uniform = tuple(Point.of(uniform_plan(profile, w, replace(spec, latency=None), a_bits=a), profile,
                              f"uniform-w{w}" + ("" if a == 8 else f"a{a}"))
                     for a in a_set for w in sorted(profile.bits))
     frontier = Frontier(axis, tuple(profile.names), tuple(front), uniform, (), settings={

@@ -1,7 +1,9 @@
-"""Find the quantizable layers of a model: names, shapes, parameters, MACs, execution order,
-groups of layers that read the same input tensor, and pairs of layers joined by a residual add."""
+"""The model as a graph: its quantizable layers (names, shapes, parameters, MACs, execution order),
+groups of layers that read the same input tensor, pairs of layers joined by a residual add, and
+the transforms on it (BatchNorm folding, replacing a module by name)."""
 from __future__ import annotations
 
+import copy
 import logging
 import operator
 from dataclasses import dataclass
@@ -37,12 +39,6 @@ class LayerGraph:
     @property
     def names(self) -> list[str]:
         return [l.name for l in self.layers]
-
-    def __getitem__(self, name: str) -> Layer:
-        for l in self.layers:
-            if l.name == name:
-                return l
-        raise KeyError(name)
 
 
 def quantizable_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -133,3 +129,43 @@ def _macs(mod: nn.Module, out: torch.Tensor) -> int:
         k = mod.weight.shape[1] * mod.weight.shape[2] * mod.weight.shape[3]
         return out.numel() * k
     return out.numel() * mod.in_features  # Linear
+
+
+def fold_bn(model: nn.Module) -> nn.Module:
+    """A copy of `model` in eval mode with every BatchNorm2d that directly follows a Conv2d folded
+    into it (the BN becomes Identity). The caller's model is unchanged."""
+    model = copy.deepcopy(model).eval()
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception as e:  # dynamic control flow: leave BN in place, still correct
+        log.warning("BatchNorm not folded: the model cannot be traced by torch.fx (%s)", e.__class__.__name__)
+        return model
+    mods = dict(model.named_modules())
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(mods.get(node.target), nn.BatchNorm2d):
+            continue
+        src = node.args[0]
+        if not (isinstance(src, torch.fx.Node) and src.op == "call_module" and isinstance(mods.get(src.target), nn.Conv2d)):
+            continue
+        if len(src.users) != 1:
+            continue
+        _fold_into(mods[src.target], mods[node.target])
+        set_module(model, node.target, nn.Identity())
+    return model
+
+
+@torch.no_grad()
+def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    std = torch.sqrt(bn.running_var + bn.eps)
+    gamma = bn.weight if bn.affine else torch.ones_like(std)
+    beta = bn.bias if bn.affine else torch.zeros_like(std)
+    k = gamma / std
+    conv.weight.mul_(k.reshape(-1, 1, 1, 1))
+    b = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    conv.bias = nn.Parameter((b - bn.running_mean) * k + beta)
+
+
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` in place of the submodule called `name` (dotted, as named_modules gives it)."""
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)

@@ -19,15 +19,17 @@ from torch import nn
 
 from .data import evaluate
 from .errors import ConfigError, DataError
+from .graph import set_module
 from .rewrite import calibrate, quantize
 from .sensitivity import Profile
-from .solver import Budget, Plan, alternatives, uniform_plans_within
+from .target import Target
+from .solver import Budget, Plan, SolveSpec, alternatives, uniform_plans_within
 
 log = logging.getLogger(__name__)
 
 
 def split_calibration(batches: Iterable, holdout: float = 0.5) -> tuple[list, list, bool]:
-    """Split labelled calibration batches by sample into (calibrate, held back, really held out).
+    """Split labelled calibration batches by sample into (calibrate, held back, whether they are apart).
 
     The first (1 − holdout) of the samples calibrate the quantizers, the rest measure the loss;
     both keep the batch size of the first batch. With a single sample both are that sample and
@@ -67,17 +69,17 @@ class GuardCache:
         its fake-quant layers (their weight-scale search is the slow part) are copied into every
         plan that uses the pair, then the plan's activations are calibrated afresh.
     results: plan assignment → (calibration loss, accuracy) on the held-back samples.
-    reduce_range: quantize with rewrite.quantize(..., reduce_range=True) (the ort target's fast
-        exact 8-bit layers), so the guard measures the model the file will compute.
+    target: the runtime the models are quantized for (rewrite.quantize's target), so the guard
+        measures the model the exported file will compute.
     """
 
     pairs: dict[tuple[int, int], nn.Module] = field(default_factory=dict)
     results: dict[Any, tuple[float, float]] = field(default_factory=dict)
-    reduce_range: bool = False
+    target: Target = Target()
 
 
 def quantize_plan(model: nn.Module, plan: Plan, data: Sequence, cache: GuardCache) -> nn.Module:
-    """The same module as rewrite.quantize(model, plan, data, reduce_range=cache.reduce_range),
+    """The same module as rewrite.quantize(model, plan, data, target=cache.target),
     built from cached per-pair layers.
 
     model: the float model (unchanged).
@@ -89,11 +91,10 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Sequence, cache: GuardCach
     wa = plan.assignment()
     for pair in sorted(set(wa.values())):
         if pair not in cache.pairs:
-            cache.pairs[pair] = quantize(model, {n: pair for n in wa}, data, reduce_range=cache.reduce_range)
+            cache.pairs[pair] = quantize(model, {n: pair for n in wa}, data, target=cache.target)
     q = copy.deepcopy(cache.pairs[next(iter(wa.values()))])
     for name, pair in wa.items():
-        parent, _, attr = name.rpartition(".")
-        setattr(q.get_submodule(parent) if parent else q, attr, copy.deepcopy(cache.pairs[pair].get_submodule(name)))
+        set_module(q, name, copy.deepcopy(cache.pairs[pair].get_submodule(name)))
     return calibrate(q, data).eval()
 
 
@@ -130,7 +131,7 @@ def guard(model: nn.Module, candidates: Sequence[Plan], data: Iterable, *, holdo
     """
     if not candidates:
         raise ConfigError("the guard needs at least one candidate plan")
-    calib, held, really = split_calibration(data, holdout)
+    calib, held, apart = split_calibration(data, holdout)
     cache = GuardCache() if cache is None else cache
     rows = []
     for i, plan in enumerate(candidates):
@@ -142,7 +143,7 @@ def guard(model: nn.Module, candidates: Sequence[Plan], data: Iterable, *, holdo
         "chosen": best.label,
         "metric": "cross-entropy on held-back calibration samples",
         "calibration_samples": sum(len(b[1]) for b in calib),
-        "held_out_samples": sum(len(b[1]) for b in held) if really else 0,
+        "held_out_samples": sum(len(b[1]) for b in held) if apart else 0,
         "candidates": [{"label": p.label, "kind": _kind(p), "predicted_omega": p.omega, "calibration_loss": loss,
                         "calibration_accuracy": acc, "weight_bytes": p.weight_bytes}
                        for loss, _, _, p, acc in rows],
@@ -160,24 +161,21 @@ def _kind(plan: Plan) -> str:
     return "alternative" if "-alt" in plan.label else "optimum"
 
 
-def guarded_solve(profile: Profile, budget: Budget, *, model: nn.Module, data: Iterable, count: int = 3,
-                  min_change: float = 0.1, holdout: float = 0.5,
-                  cache: GuardCache | None = None, **solve_kwargs: Any) -> Plan:
+def guarded_solve(profile: Profile, budget: Budget, spec: SolveSpec = SolveSpec(), *, model: nn.Module,
+                  data: Iterable, count: int = 3, min_change: float = 0.1, holdout: float = 0.5,
+                  cache: GuardCache | None = None) -> Plan:
     """solve(), then the guard over the optimum, `count` alternatives and the uniform plans that
     meet the same limits: the plan with the least measured loss, never worse than uniform.
 
     profile: the model's profile.
     budget: the limits.
+    spec: what may be chosen, as in solve().
     model: the float model the profile was made from.
     data: labelled calibration batches.
     count: alternatives to the optimum (see solver.alternatives).
     min_change: fraction of weights each alternative must change.
     holdout: fraction of the calibration samples held back for the loss.
     cache: reused layers and results across budgets (same model and data only).
-    solve_kwargs: bits, pins, ties, a_bits, act_omega, latency, time_limit, as in solve().
     """
-    plans = alternatives(profile, budget, count, min_change=min_change, **solve_kwargs)
-    keep = ("pins", "a_bits", "ties", "bits", "latency", "act_omega")
-    uniform = uniform_plans_within(profile, budget, **{k: v for k, v in solve_kwargs.items() if k in keep})
-    return guard(model, plans + uniform, data, holdout=holdout, cache=cache)
-
+    plans = alternatives(profile, budget, spec, count=count, min_change=min_change)
+    return guard(model, plans + uniform_plans_within(profile, budget, spec), data, holdout=holdout, cache=cache)

@@ -131,7 +131,9 @@ def jvp_vmap(model, loss_fn, x, y, params) -> BatchedHVP:
     return lambda vs: vmap(one)(*vs)
 
 
-_ENGINE_FNS = {"double_backward": double_backward, "double_backward_batched": double_backward_batched, "jvp_vmap": jvp_vmap}
+# engine name → make(model, loss_fn, x, y, params) → hvp(vs): the Hessian-vector product engines
+HVP_ENGINES = {"double_backward": double_backward, "double_backward_batched": double_backward_batched,
+               "jvp_vmap": jvp_vmap}
 
 
 @contextlib.contextmanager
@@ -166,7 +168,7 @@ def pick_engine(model, loss_fn, batch, params, k: int, engines: Sequence[str] = 
         try:
             with hvp_context():
                 t = time.perf_counter()
-                _ENGINE_FNS[name](model, loss_fn, x, y, params)(vs)  # warm-up
+                HVP_ENGINES[name](model, loss_fn, x, y, params)(vs)  # warm-up
                 warm = time.perf_counter() - t
                 if times and warm > 3 * min(times.values()):
                     times[name] = warm
@@ -174,7 +176,7 @@ def pick_engine(model, loss_fn, batch, params, k: int, engines: Sequence[str] = 
                 runs = []
                 for _ in range(repeats):  # the best of a few: robust to a busy machine
                     t = time.perf_counter()
-                    _ENGINE_FNS[name](model, loss_fn, x, y, params)(vs)
+                    HVP_ENGINES[name](model, loss_fn, x, y, params)(vs)
                     runs.append(time.perf_counter() - t)
                 times[name] = min(runs)
         except (NumericalError, ConfigError):  # the model or loss is at fault, not the engine
@@ -221,7 +223,7 @@ def probe_bytes(model, loss_fn, batch, params, engine: str) -> int:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         with hvp_context():
-            _ENGINE_FNS[engine](model, loss_fn, *batch, params)(vs)
+            HVP_ENGINES[engine](model, loss_fn, *batch, params)(vs)
         torch.cuda.synchronize(device)
         peaks.append(torch.cuda.max_memory_allocated(device))
         del vs
@@ -376,10 +378,10 @@ def _estimate(model, loss_fn, batches, names: list[str], probed, engines: Sequen
     if engine == "auto":
         with probed(batches[0][0]) as params:
             engine = pick_engine(model, loss_fn, batches[0], params, k, engines)
-    elif engine not in _ENGINE_FNS:
+    elif engine not in HVP_ENGINES:
         raise ConfigError(f"engine must be 'auto' or one of {ENGINES}, not {engine!r}")
     choosing = time.perf_counter() - choosing
-    make = _ENGINE_FNS[engine]
+    make = HVP_ENGINES[engine]
     state = state or TraceState(names)
     if state.names != names:
         raise ArtifactError("the checkpoint was made for other layers; delete it or profile the same layers")
@@ -450,7 +452,7 @@ def top_eigenvalues(
         chunk = choose_k(model, loss_fn, batch, params, engine, k_max=len(params))
     eig = torch.zeros(len(params), dtype=torch.float64)
     with hvp_context():
-        hvp = _ENGINE_FNS[engine](model, loss_fn, x, y, params)
+        hvp = HVP_ENGINES[engine](model, loss_fn, x, y, params)
         for lo in range(0, len(params), max(1, chunk)):
             idx = list(range(lo, min(len(params), lo + max(1, chunk))))
             vs = [torch.zeros(len(idx), *p.shape, dtype=p.dtype, device=p.device) for p in params]

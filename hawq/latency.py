@@ -1,6 +1,6 @@
 """Measured per-layer latency: each layer alone, at each (w_bits, a_bits) candidate, quantized,
 exported as QDQ ONNX and timed in ONNX Runtime on this machine; a cached table the solver takes
-(`solve(..., latency=table.ms)` with `Budget(latency_ms=…)`).
+(`solve(profile, Budget(latency_ms=…), SolveSpec(latency=table.ms))`).
 
 A layer's time is the median of `repeats` runs after `warmup` runs, on its real input (captured
 from the example batch). The table is keyed by the machine, the runtime and its version, the
@@ -23,12 +23,12 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .artifacts import fingerprint_tensors, read_json, write_json
+from .artifacts import JsonArtifact, fingerprint_tensors
 from .errors import ArtifactError, ConfigError
-from .graph import trace_layers
+from .graph import fold_bn, trace_layers
 from .onnx_export import export_onnx
 from .onnx_verify import ort_session
-from .rewrite import fold_bn, quantize
+from .rewrite import quantize
 
 log = logging.getLogger(__name__)
 FORMAT, VERSION = "latency", 1
@@ -83,7 +83,7 @@ def table_key(model: nn.Module, candidates: Sequence[tuple[int, int]], *, target
 
 
 @dataclass(frozen=True)
-class LatencyTable:
+class LatencyTable(JsonArtifact):
     """Median milliseconds per layer and candidate, with what they were measured on.
 
     key: see table_key.
@@ -91,13 +91,15 @@ class LatencyTable:
     seconds: wall time of the measurement.
     """
 
+    KIND, VERSION = FORMAT, VERSION
+
     key: dict[str, Any]
     ms: dict[str, dict[tuple[int, int], float]]
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with "format": "hawq.latency/1"."""
-        return {"format": f"hawq.{FORMAT}/{VERSION}", "key": self.key, "seconds": self.seconds,
+        return {"format": self.format(), "key": self.key, "seconds": self.seconds,
                 "ms": {n: {_cand_key(c): v for c, v in row.items()} for n, row in self.ms.items()}}
 
     @classmethod
@@ -114,24 +116,6 @@ class LatencyTable:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ArtifactError(f"malformed latency table ({e.__class__.__name__}: {e}); measure it again with "
                                 "`hawq latency`") from e
-
-    def save(self, path: str | Path) -> Path:
-        """Write the table as JSON, atomically.
-
-        path: destination file.
-        """
-        return write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> LatencyTable:
-        """Read a table written by save(); ArtifactError if missing, of another format or malformed.
-
-        path: the file.
-        """
-        try:
-            return cls.from_dict(read_json(path, FORMAT, VERSION))
-        except ArtifactError as e:
-            raise ArtifactError(f"{path}: {e}") from e
 
 
 @torch.no_grad()

@@ -16,8 +16,8 @@ ort (ONNX Runtime CPU/CUDA; facts checked on onnxruntime 1.31-1.32):
     code w can make 2·a·w > 32767 (8-bit weights with 8-bit inputs) is stored, by default
     ("u8u8"), as UINT8 weights with zero point 128: the same integers + 128, which the u8×u8
     kernels widen to int16 before multiplying, so the file computes exactly what the fake-quant
-    model does, everywhere. Layers that hawq.quantize(..., reduce_range=True) gave 7-bit codes
-    (±63) are exact in INT8 and run in the u8×s8 kernels, 2-3x faster on a VNNI/AMX CPU.
+    model does, everywhere. Layers quantized for Target("ort", "reduce-range") have 7-bit codes
+    (±63): they are exact in INT8 and run in the u8×s8 kernels, 2-3x faster on a VNNI/AMX CPU.
     "reduce-range" (as ONNX Runtime's own quantizer offers) narrows the codes of layers that
     were not, a `weight_range` change the model quantize made does not carry;
     "s8-vnni" keeps INT8 at full range, exact only on CPUs with VNNI/AMX or ARM64;
@@ -48,14 +48,13 @@ from torch import nn
 
 from . import quant
 from .errors import ConfigError
-from .rewrite import WEIGHT_ONLY, QuantLayer, _set_module, quant_layers, reduced_code_bits
+from .graph import set_module
+from .rewrite import WEIGHT_ONLY, QuantLayer, quant_layers, reduced_code_bits
+from .target import ORT_INT8, TARGETS
 
-TARGETS = ("ort", "tensorrt")
 BASE_OPSET = 21  # INT4/INT16 QuantizeLinear/DequantizeLinear and blocked scales
 INT2_OPSET = 25
 CONTAINER_BITS = {"INT2": 2, "INT4": 4, "INT8": 8, "UINT8": 8, "INT16": 16}
-# how ort stores 8-bit weights that u8×s8 kernels without VNNI would saturate on (module docstring)
-ORT_INT8 = ("u8u8", "reduce-range", "s8-vnni")  # the first is the default (benchmarks/ort_int8.py)
 U8_WEIGHT_ZERO_POINT = 128
 TRT_INT4_BLOCKS = (128, 64)  # block sizes TensorRT takes for INT4 weights
 
@@ -150,7 +149,7 @@ def legalize(qmodel: nn.Module, target: str = "ort", opset: int = BASE_OPSET, in
     for name, layer in quant_layers(model).items():
         new, spec, changes = rule(name, layer, out)
         if new is not layer:
-            _set_module(model, name, new)
+            set_module(model, name, new)
         out.layers[name] = spec
         out.changes += changes
     promoted = [c.layer for c in out.changes if c.what == "weight_bits"]
@@ -180,7 +179,7 @@ def _ort_layer(name: str, layer: QuantLayer, out: Legalized) -> tuple[QuantLayer
                                   f"W{layer.w_bits} with {bits}-bit codes (±{quant.weight_qmax(bits)})",
                                   f"reduce-range: 2·{_raw_act_max(act)}·{quant.weight_qmax(layer.code_bits)} exceeds int16, "
                                   "where x86 CPUs without VNNI add pairs of u8×s8 products; "
-                                  "hawq.quantize(..., reduce_range=True) measures this model"))
+                                  "quantizing for Target('ort', 'reduce-range') measures this model"))
             layer = _rebuild(layer, layer.w_bits, layer.a_bits, code_bits=bits)
         else:
             needs_vnni = True

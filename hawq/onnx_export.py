@@ -28,27 +28,23 @@ import ml_dtypes
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 from torch import nn
 
 from . import cpu, quant
 from .artifacts import atomic_path, write_json
-from .errors import ConfigError, UnsupportedModelError, VerificationError
-from .legalize import BASE_OPSET, CONTAINER_BITS, INT2_OPSET, ORT_INT8, Change, LayerSpec, Legalized, container_for, legalize
+from .errors import UnsupportedModelError, VerificationError
+from .legalize import BASE_OPSET, CONTAINER_BITS, INT2_OPSET, Change, LayerSpec, Legalized, container_for, legalize
+from .graph import set_module
 from .onnx_verify import Verification, verify_onnx
-from .rewrite import QuantLayer, _set_module, quant_layers
+from .rewrite import QuantLayer, quant_layers
+from .target import ORT_INT8, Target
 
 FORMAT = "hawq.export/3"
 MIN_OPSET = BASE_OPSET
 NP_TYPES = {"INT2": ml_dtypes.int2, "INT4": ml_dtypes.int4, "INT8": np.int8, "INT16": np.int16,
             "UINT8": np.uint8, "UINT16": np.uint16}
 TYPE_RANGE = {"INT8": (-128, 127), "INT16": (-32768, 32767), "UINT8": (0, 255), "UINT16": (0, 65535)}
-
-
-def weight_container(bits: int, opset: int = INT2_OPSET) -> tuple[int, Any, int]:
-    """(ONNX type, numpy dtype, container bits) storing symmetric `bits`-bit weight codes."""
-    name = container_for(bits, opset)
-    return getattr(TensorProto, name), NP_TYPES[name], CONTAINER_BITS[name]
 
 
 @dataclass
@@ -121,17 +117,18 @@ class ExportReport:
 
 # ---------------------------------------------------------------------------------------- export
 
-def export_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path, *, target: str = "ort",
+def export_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path, *, target: str | None = None,
                 verify: bool = True, opset: int = MIN_OPSET, verify_inputs: torch.Tensor | Iterable | None = None,
                 min_top1: float = 0.99, min_cosine: float = 0.999, max_frac_off: float = 0.25,
-                max_diff_vs_quant_error: float = 1.0, int8: str = ORT_INT8[0]) -> ExportReport:
+                max_diff_vs_quant_error: float = 1.0, int8: str | None = None) -> ExportReport:
     """Write `qmodel` (from hawq.quantize) as a QDQ ONNX model for `target` ("ort" | "tensorrt",
-    see hawq.legalize) at `path`, and `verify.json` (this report) next to it.
+    see hawq.legalize; default: the target it was quantized for, else "ort") at `path`, and
+    `verify.json` (this report) next to it.
 
     `opset` is the lowest opset used (>= 21); the ort target raises it to 25 when a layer has
-    INT2 weights. `int8` (ort): "u8u8" (default) stores the 8-bit weights of 8-bit-input layers
-    at full range as UINT8 + 128, "reduce-range" gives them 7-bit codes in INT8 (both exact on
-    every CPU; layers hawq.quantize(..., reduce_range=True) narrowed stay INT8 unchanged under
+    INT2 weights. `int8` (ort; default: the model's own, else "u8u8"): "u8u8" stores the 8-bit
+    weights of 8-bit-input layers at full range as UINT8 + 128, "reduce-range" gives them 7-bit codes in INT8 (both exact on
+    every CPU; layers quantized for Target("ort", "reduce-range") stay INT8 unchanged under
     every scheme); "s8-vnni" keeps INT8 at full range, exact only on CPUs with VNNI, AMX or ARM64
     (verifying it elsewhere is refused in one line before any work; see hawq.legalize and
     hawq.cpu). With `verify`, the file is run in ONNX Runtime on `verify_inputs` (a tensor or
@@ -149,6 +146,9 @@ def export_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path
     if not example_input.is_floating_point():
         raise UnsupportedModelError(f"export_onnx takes float inputs, not {example_input.dtype}: models fed integer "
                                     "ids (an Embedding) cannot be exported and verified yet")
+    made_for = getattr(qmodel, "hawq_target", Target())
+    target = made_for.name if target is None else target
+    int8 = (made_for.int8 if made_for.name == target else ORT_INT8[0]) if int8 is None else int8
     legal = legalize(qmodel, target, opset, int8)
     vnni = [n for n, spec in legal.layers.items() if spec.weight.needs_vnni]
     if verify and vnni and not cpu.ort_u8s8_exact():
@@ -216,7 +216,7 @@ def _export_float(qmodel: nn.Module, x: torch.Tensor, opset: int) -> onnx.ModelP
     in nn.MultiheadAttention: ViT fails on any other batch size in ONNX Runtime)."""
     fmodel = copy.deepcopy(qmodel).eval()
     for name, layer in quant_layers(fmodel).items():
-        _set_module(fmodel, name, copy.deepcopy(layer.fp))
+        set_module(fmodel, name, copy.deepcopy(layer.fp))
     if x.shape[0] < 2:
         x = x.repeat(2, *[1] * (x.dim() - 1))
     try:

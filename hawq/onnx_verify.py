@@ -26,7 +26,8 @@ from torch import nn
 
 from .cpu import describe as describe_cpu
 from .errors import ArtifactError, ConfigError, UnsupportedModelError, VerificationError
-from .rewrite import _set_module, quant_layers
+from .graph import set_module
+from .rewrite import quant_layers
 
 S8_WORKAROUND = ["QDQS8ToU8Transformer", "ClipQuantRewrite"]
 
@@ -150,7 +151,7 @@ def verify_onnx(path: str | Path, qmodel: nn.Module, inputs: torch.Tensor | Iter
     qexact = copy.deepcopy(qmodel).double().eval()
     fmodel = copy.deepcopy(qmodel).eval()
     for name, layer in quant_layers(fmodel).items():
-        _set_module(fmodel, name, layer.fp)
+        set_module(fmodel, name, layer.fp)
     for x in batches:
         ref, step = _reference(qmodel, x)
         refs.append(ref)

@@ -11,10 +11,11 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from . import data as D
+from . import data as fmnist  # the embedded Fashion-MNIST data
 from .artifacts import write_json
 from .errors import ArtifactError
 from .frontier import Frontier, pareto
+from .frontier_plot import write_frontier
 from .guard import GuardCache, guarded_solve, quantize_plan
 from . import zoo
 from .models import BUILDERS, checkpoint_path, load_checkpoint
@@ -23,7 +24,7 @@ from .recipe import Recipe
 from .report import write_report
 from .report_html import write_html_report
 from .sensitivity import Profile, profile
-from .solver import Budget, Plan, solve, uniform_plan
+from .solver import DEFAULT_PINS, Budget, Plan, SolveSpec, solve, uniform_plan
 
 log = logging.getLogger(__name__)
 
@@ -106,25 +107,31 @@ def load_data(recipe: Recipe):
                                recipe.seed)
     download = recipe.data_dir == "download"
     folder = "data" if download else None if recipe.data_dir == "embedded" else recipe.data_dir
-    cal, ev = D.calibration_and_eval(folder, recipe.n_calibration, download=download)
+    cal, ev = fmnist.calibration_and_eval(folder, recipe.n_calibration, download=download)
     if recipe.n_evaluation:
         ev = torch.utils.data.TensorDataset(*(t[: recipe.n_evaluation] for t in ev.tensors))
-    return list(D.loader(cal, recipe.batch_size)), ev
+    return list(fmnist.loader(cal, recipe.batch_size)), ev
+
+
+def recipe_spec(recipe: Recipe) -> SolveSpec:
+    """What the recipe lets the solver choose: its candidate widths, first and last layer pinned
+    to 8 bits unless pin_first_last is off."""
+    return SolveSpec(bits=recipe.candidates, pins=DEFAULT_PINS if recipe.pin_first_last else {})
 
 
 def budget_plans(prof: Profile, recipe: Recipe, solve_fn=solve) -> list[tuple[float | None, Plan | None, Plan]]:
     """For each recipe budget: (uniform bits or None, the uniform plan or None, the mixed plan from
     `solve_fn`, which takes solve()'s arguments, e.g. a guarded_solve bound to the model and data)."""
-    pins = None if recipe.pin_first_last else {}
+    spec = recipe_spec(recipe)
     out = []
     for b in recipe.budgets:
         (kind, value), = b.items()
         if kind == "uniform_bits":
-            uni = uniform_plan(prof, int(value), pins=pins)
+            uni = uniform_plan(prof, int(value), spec)
             budget = Budget(megabytes=uni.weight_bytes / 1e6)
-            out.append((float(value), uni, solve_fn(prof, budget, bits=recipe.candidates, pins=pins)))
+            out.append((float(value), uni, solve_fn(prof, budget, spec)))
         else:
-            out.append((None, None, solve_fn(prof, Budget(**{kind: value}), bits=recipe.candidates, pins=pins)))
+            out.append((None, None, solve_fn(prof, Budget(**{kind: value}), spec)))
     return out
 
 
@@ -142,12 +149,12 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, l
                    omega_trace=recipe.omega_trace, sensitivity=recipe.sensitivity)
     log_fn(f"profile: {len(prof.layers)} layers, {prof.effort}, {prof.seconds:.0f} s"
            + (f", unconverged: {', '.join(prof.unconverged)}" if prof.unconverged else ""))
-    acc, loss = D.evaluate(model, ev)
+    acc, loss = fmnist.evaluate(model, ev)
     n_params = sum(l.params for l in prof.layers)
     rows = [Row("fp32", None, acc, loss, 4 * n_params, 32.0, "fp32")]
     plans: dict[str, Plan] = {}
     qmodels = {}
-    cache = GuardCache(reduce_range=recipe.reduce_range)  # per-width quantized layers, shared by the guard and the final plans
+    cache = GuardCache(target=recipe.quant_target)  # per-width quantized layers, shared by the guard and the final plans
     solve_fn = partial(guarded_solve, model=model, data=batches, cache=cache) if guard else solve
     for bits, uni, mixed in budget_plans(prof, recipe, solve_fn):
         for method, plan in (("uniform", uni), ("mixed", mixed)):
@@ -156,17 +163,16 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, l
             name = f"{method}_{bits:g}" if bits is not None else plan.label
             plan.save(out / f"plan_{name}.json")
             plans[name] = plan
-            q = quantize_plan(model, plan, batches, cache)  # = quantize(model, plan, batches, reduce_range=...), weights reused
-            acc, loss = D.evaluate(q, ev)
+            q = quantize_plan(model, plan, batches, cache)  # = quantize(model, plan, batches, target=...), weights reused
+            acc, loss = fmnist.evaluate(q, ev)
             qmodels[name] = q
             rows.append(Row(method, bits, acc, loss, plan.weight_bytes, plan.avg_bits, name))
             log_fn(f"{name:>12}: accuracy {acc:.4f}, {plan.weight_bytes / 1e6:.4f} MB, {plan.avg_bits:.2f} bits")
     export_name = [k for k in plans if k.startswith("mixed")][recipe.export_budget]
     report = export_onnx(qmodels[export_name], batches[0][0][:1], out / "model.onnx", target=recipe.target, opset=recipe.opset,
                          verify_inputs=[x for x, _ in batches], int8=recipe.int8)
-    frontier = pareto(prof, bits=recipe.candidates, pins=None if recipe.pin_first_last else {},
-                      chosen=plans[export_name])
-    frontier.write(out, recipe.name)
+    frontier = pareto(prof, recipe_spec(recipe), chosen=plans[export_name])
+    write_frontier(frontier, out, recipe.name)
     result = RunResult(rows, plans, prof, report, time.time() - t0, frontier)
     write_json(out / "summary.json", result.summary())
     write_report(out / "report.md", recipe.name, prof, plans, rows, report, export_name, frontier=frontier)

@@ -22,8 +22,10 @@ from torch import nn
 from . import quant
 from .artifacts import atomic_path
 from .errors import ArtifactError
-from .rewrite import QUANTIZABLE, QuantLayer, _set_module, fold_bn, quant_layers
+from .graph import QUANTIZABLE, fold_bn, set_module
+from .rewrite import QuantLayer, quant_layers
 from .solver import Plan
+from .target import Target
 
 FORMAT = "hawq.qmodel/1"
 # QuantLayer attributes that are not tensors: the settings and the calibrated quantizer of its input and output
@@ -72,7 +74,8 @@ def save_qmodel(path: str | Path, model: nn.Module, inputs: torch.Tensor, arch: 
     layers = quant_layers(model)
     if any(m.qat or not m.calibrated for m in layers.values()):
         raise ArtifactError("a layer is uncalibrated or still in training mode; calibrate and freeze() it first")
-    header = {"format": FORMAT, "arch": dict(arch), "plan": plan, "extra": dict(extra or {}),
+    target = getattr(model, "hawq_target", Target())
+    header = {"format": FORMAT, "arch": dict(arch), "plan": plan, "extra": dict(extra or {}), "target": target.to_dict(),
               "layers": {n: _layer_header(m) for n, m in layers.items()}}
     blob = {"header": json.dumps(header, allow_nan=True), "inputs": inputs.detach().cpu(),
             "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
@@ -147,6 +150,7 @@ def load_qmodel(path: str | Path, build: Callable[[dict[str, str]], nn.Module] |
     header, inputs, state = _read(path)
     try:
         arch, plan, extra, layers = header["arch"], header["plan"], header.get("extra", {}), header["layers"]
+        target = Target.of(header.get("target", "ort"))  # files from before targets were recorded: ort
         if not (isinstance(arch, dict) and isinstance(plan, dict) and isinstance(extra, dict) and isinstance(layers, dict)
                 and layers):
             raise ValueError("arch, plan, extra must be objects and layers a non-empty object")
@@ -180,10 +184,11 @@ def load_qmodel(path: str | Path, build: Callable[[dict[str, str]], nn.Module] |
             raise ArtifactError(f"{path}: layer {name}: {e}") from None
         for k, v in s.items():
             setattr(layer, k, v)
-        _set_module(folded, name, layer)
+        set_module(folded, name, layer)
     try:
         folded.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ArtifactError(f"{path}: its tensors do not fit {arch.get('name', 'the model')} "
                             f"({str(e).splitlines()[0][:160]}); make it again with `hawq quantize`") from None
+    folded.hawq_target = target
     return QModelFile(folded.eval(), inputs, arch, plan, extra)

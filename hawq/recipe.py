@@ -18,12 +18,14 @@ else:  # pragma: no cover
 
 from .errors import ConfigError
 from .hessian import ENGINES
-from .legalize import ORT_INT8, TARGETS
-from .sensitivity import DEFAULT_SENSITIVITY, OMEGA_TRACES, SENSITIVITIES
 from .models import BUILDERS, checkpoint_path
+from .sensitivity import DEFAULT_SENSITIVITY, OMEGA_TRACES, SENSITIVITIES
+from .solver import BUDGET_UNITS
+from .target import ORT_INT8, TARGETS, Target
 from .zoo import MODELS as TORCHVISION_MODELS
 
-BUDGET_KEYS = ("uniform_bits", "avg_bits", "megabytes", "ratio")
+# a recipe budget: a uniform plan's width (the mixed plan gets its size), or a weight-size limit
+BUDGET_KEYS = ("uniform_bits", *BUDGET_UNITS["weight_bits"])
 EMBEDDED_MODELS = tuple(BUILDERS)
 MODELS = EMBEDDED_MODELS + TORCHVISION_MODELS
 # the keywords each family takes for [model] weights and [data] folder; anything else is a path
@@ -67,10 +69,9 @@ class Recipe:
     int8: str = ORT_INT8[0]  # ort: how 8-bit layers stay exact on every CPU (hawq.legalize.ORT_INT8)
 
     @property
-    def reduce_range(self) -> bool:
-        """Whether the job quantizes with 7-bit codes where u8×s8 pairs could pass int16
-        (hawq.quantize's reduce_range), for an ort export with int8 = "reduce-range"."""
-        return self.target == "ort" and self.int8 == "reduce-range"
+    def quant_target(self) -> Target:
+        """The runtime the job quantizes for (hawq.quantize's target): the [export] target and int8."""
+        return Target(self.target, self.int8)
 
     @property
     def family(self) -> str:

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .artifacts import atomic_write_text
+from .frontier_plot import frontier_svg
 from .guard_plot import guard_svg
 from .report import (ACCURACY_HEAD, CHANGE_HEAD, GUARD_HEAD, GUARD_NOTE, LayerRow, accuracy_cells, change_cells,
-                     frontier_summary, frontier_svg, guard_caption, guard_rows, guarded, layer_rows,
+                     frontier_summary, guard_caption, guard_rows, guarded, layer_rows,
                      sensitivity_note)
 
 CSS = """

@@ -1,4 +1,4 @@
-"""Swap layers for fake-quant ones by name; BatchNorm folding; calibration."""
+"""Swap layers for fake-quant ones by name (on a BatchNorm-folded copy); calibration."""
 from __future__ import annotations
 
 import copy
@@ -13,48 +13,10 @@ from torch.nn import functional as F
 from . import quant
 from .cpu import exact_code_bits
 from .errors import ArtifactError, ConfigError, DataError, UnsupportedModelError
-from .graph import QUANTIZABLE
+from .graph import QUANTIZABLE, fold_bn, set_module
+from .target import Target
 
 log = logging.getLogger(__name__)
-
-
-def fold_bn(model: nn.Module) -> nn.Module:
-    """A copy of `model` in eval mode with every BatchNorm2d that directly follows a Conv2d folded
-    into it (the BN becomes Identity). The caller's model is unchanged."""
-    model = copy.deepcopy(model).eval()
-    try:
-        gm = torch.fx.symbolic_trace(model)
-    except Exception as e:  # dynamic control flow: leave BN in place, still correct
-        log.warning("BatchNorm not folded: the model cannot be traced by torch.fx (%s)", e.__class__.__name__)
-        return model
-    mods = dict(model.named_modules())
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(mods.get(node.target), nn.BatchNorm2d):
-            continue
-        src = node.args[0]
-        if not (isinstance(src, torch.fx.Node) and src.op == "call_module" and isinstance(mods.get(src.target), nn.Conv2d)):
-            continue
-        if len(src.users) != 1:
-            continue
-        _fold_into(mods[src.target], mods[node.target])
-        _set_module(model, node.target, nn.Identity())
-    return model
-
-
-@torch.no_grad()
-def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    std = torch.sqrt(bn.running_var + bn.eps)
-    gamma = bn.weight if bn.affine else torch.ones_like(std)
-    beta = bn.bias if bn.affine else torch.zeros_like(std)
-    k = gamma / std
-    conv.weight.mul_(k.reshape(-1, 1, 1, 1))
-    b = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    conv.bias = nn.Parameter((b - bn.running_mean) * k + beta)
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
 WEIGHT_ONLY = quant.WEIGHT_ONLY
@@ -222,20 +184,24 @@ def as_assignment(plan) -> dict[str, tuple[int, int]]:
 
 
 @torch.no_grad()
-def quantize(model: nn.Module, plan, data: Iterable, weight_method: str = "mse", act_symmetric: bool = False,
-             quantize_outputs: bool = False, reduce_range: bool = False) -> nn.Module:
+def quantize(model: nn.Module, plan, data: Iterable, weight_method: str = "mse", quantize_outputs: bool = False,
+             target: Target | str = "ort") -> nn.Module:
     """A new fake-quant module: BN folded, each planned layer swapped for a QuantLayer, then
     calibrated on `data` (an iterable of (x, y) or x batches). The caller's model is unchanged.
-    `act_symmetric`: signed symmetric activations, zero point 0 (what TensorRT takes); the default
-    is unsigned with a zero point (what ONNX Runtime's CPU integer kernels take).
+    `target`: the runtime the model is for (a hawq.target.Target, or "ort" / "tensorrt"); the
+    model computes what that runtime computes, and records it (`hawq_target`) for the exporter.
+    "tensorrt": signed symmetric activations, zero point 0 (what TensorRT takes); "ort": unsigned
+    with a zero point (what ONNX Runtime's CPU integer kernels take).
     `quantize_outputs`: also quantize, at 8 bits per tensor, the outputs of quantized convs that
     do not feed only other quantized layers (residual adds, pooling; see `output_quant_layers`):
     ONNX Runtime then runs every 8-bit conv as QLinearConv instead of a float Conv.
-    `reduce_range`: layers whose weight codes could make a pair of u8×s8 products exceed int16
-    (8-bit weights behind 8-bit inputs) get 7-bit codes, as the ort target's int8="reduce-range"
+    Target("ort", int8="reduce-range"): layers whose weight codes could make a pair of u8×s8
+    products exceed int16 (8-bit weights behind 8-bit inputs) get 7-bit codes, as that export
     stores them: ONNX Runtime then runs them in its fast u8×s8 kernels, exactly on every CPU, and
     this model is the one the file computes (without it the default export stores them as
     UINT8 + 128, exact too, in the u8×u8 kernels; see hawq.legalize)."""
+    target = Target.of(target)
+    act_symmetric = target.act_symmetric
     assign = as_assignment(plan)
     folded = fold_bn(model)
     mods = dict(folded.named_modules())
@@ -251,13 +217,14 @@ def quantize(model: nn.Module, plan, data: Iterable, weight_method: str = "mse",
         if name in assign and not bool(torch.isfinite(m.weight).all()):
             raise DataError(f"layer {name} has non-finite weights (NaN or inf); check the checkpoint")
     for name, (wb, ab) in assign.items():
-        codes = reduced_code_bits(wb, ab, act_symmetric) if reduce_range else wb
-        _set_module(folded, name, QuantLayer(mods[name], wb, ab, weight_method, act_symmetric,
+        codes = reduced_code_bits(wb, ab, act_symmetric) if target.reduce_range else wb
+        set_module(folded, name, QuantLayer(mods[name], wb, ab, weight_method, act_symmetric,
                                              None if codes == wb else codes))
     if quantize_outputs:
         for name in output_quant_layers(folded):
             folded.get_submodule(name).out_bits = 8
     calibrate(folded, data)
+    folded.hawq_target = target
     return folded.eval()
 
 

@@ -12,12 +12,11 @@ import torch
 from torch import nn
 
 from . import quant
-from .artifacts import fingerprint_obj, fingerprint_tensors, read_json, write_json
+from .artifacts import JsonArtifact, fingerprint_obj, fingerprint_tensors, read_json, write_json
 from .errors import ArtifactError, ConfigError, DataError
-from .graph import trace_layers
+from .graph import fold_bn, trace_layers
 from .hessian import TraceResult, TraceState, activation_traces, choose_k, hutchinson_traces, world
 from .perturbation import perturbation_terms, perturbed_losses
-from .rewrite import fold_bn
 
 log = logging.getLogger(__name__)
 FORMAT, VERSION = "profile", 1
@@ -65,7 +64,12 @@ class Interaction:
 
 
 @dataclass(frozen=True)
-class Profile:
+class Profile(JsonArtifact):
+    """A model's per-layer sensitivities Ω(bits) with params, MACs and traces, the groups and
+    residual pairs the graph gives, optional cross-layer terms, and the fingerprints of the
+    weights, data and settings it was made from (profile.json)."""
+
+    KIND, VERSION = FORMAT, VERSION
     layers: tuple[LayerProfile, ...]  # execution order: first is the input layer, last the output
     bits: tuple[int, ...]
     groups: tuple[tuple[str, ...], ...] = ()  # layers reading the same input tensor
@@ -133,15 +137,9 @@ class Profile:
         at = {b: i for i, b in enumerate(self.bits)}
         return math.fsum(it.terms[at[w_bits[it.a]]][at[w_bits[it.b]]] for it in self.interactions)
 
-    def layer(self, name: str) -> LayerProfile:
-        for l in self.layers:
-            if l.name == name:
-                return l
-        raise KeyError(name)
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["format"] = f"hawq.{FORMAT}/{VERSION}"
+        d["format"] = self.format()
         for l in d["layers"]:
             for key in ("omega", "sq_error", "act_omega", "act_sq_error"):
                 l[key] = {str(k): v for k, v in l[key].items()}
@@ -178,13 +176,6 @@ class Profile:
             return prof
         except (KeyError, TypeError, ValueError, AttributeError, ArtifactError) as e:
             raise ArtifactError(f"malformed profile ({e.__class__.__name__}: {e}); regenerate it with `hawq profile`") from e
-
-    def save(self, path: str | Path) -> Path:
-        return write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Profile":
-        return cls.from_dict(read_json(path, FORMAT, VERSION))
 
 
 def _check_loaded(prof: "Profile") -> None:
@@ -271,8 +262,7 @@ def profile(
     `omega_trace`: the trace Ω uses: "upper", the upper end of its 95% interval (mean + 1.96 SE),
     or "mean", the estimate itself. A layer whose trace is zero within its noise has Ω = 0 at every
     width with "mean" (the trace clamps at 0), so the ILP spends it first; "upper" charges it what
-    the noise allows. On the embedded MobileNetV2 that moved the ILP's plans at the 4- to 3-bit
-    sizes up by 4.4 to 8.9 points; on ResNet-20, whose traces are well resolved, no plan changed.
+    the noise allows.
     `sensitivity`: how Ω(b) is made (SENSITIVITIES). "trace": HAWQ-V2's Tr(H)/n · ‖ΔW‖² above.
     "perturbed": the exact loss change of rounding that layer alone at b (hawq.perturbation.
     perturbed_losses: one forward pass over the data per layer and width, no probes, no noise);
@@ -289,18 +279,7 @@ def profile(
     batches = [(x.to(device), y.to(device)) for x, y in data]
     if not batches or sum(len(y) for _, y in batches) == 0:
         raise DataError("profile data is empty; give at least one (input, target) batch")
-    if probes_per_batch != "auto" and (isinstance(probes_per_batch, bool) or not isinstance(probes_per_batch, int)
-                                       or probes_per_batch < 1):
-        raise ConfigError(f"probes_per_batch must be a positive integer or 'auto', not {probes_per_batch!r}")
-    if isinstance(max_probes, bool) or not isinstance(max_probes, int) or max_probes < 2:
-        raise ConfigError(f"max_probes must be an integer of at least 2 to estimate a standard error, not {max_probes!r}")
-    if isinstance(rel_tol, bool) or not (isinstance(rel_tol, (int, float)) and 0 <= rel_tol < math.inf):
-        raise ConfigError(f"rel_tol must be a number >= 0 (a relative standard error, e.g. 0.05; 0: run to "
-                          f"max_probes), not {rel_tol!r}")
-    if omega_trace not in OMEGA_TRACES:
-        raise ConfigError(f"omega_trace must be one of {', '.join(OMEGA_TRACES)}, not {omega_trace!r}")
-    if sensitivity not in SENSITIVITIES:
-        raise ConfigError(f"sensitivity must be one of {', '.join(SENSITIVITIES)}, not {sensitivity!r}")
+    _check_profile_options(probes_per_batch, max_probes, rel_tol, omega_trace, sensitivity)
     settings = {"rel_tol": rel_tol, "max_probes": max_probes, "min_probes": min_probes, "seed": seed,
                 "probes_per_batch": probes_per_batch, "weight_method": weight_method, "bits": list(bits)}
     if sensitivity != "trace":  # trace profiles made before the choice existed keep their fingerprints
@@ -328,6 +307,7 @@ def profile(
     if k == "auto" and (sensitivity == "trace" or a_bits):
         k = _auto_k(folded, loss_fn, batches[0], list(weights.values()), engine)
     interactions: tuple[Interaction, ...] = ()
+    z = omega_z(omega_trace)  # how many standard errors the traces Ω uses add (weights and inputs)
     if sensitivity in PERTURBED:
         deltas = perturbed_losses(
             folded, loss_fn, batches, {n: mods[n] for n in weights}, bits, weight_method=weight_method,
@@ -350,7 +330,6 @@ def profile(
                                 state=None if checkpoint is None else _load_checkpoint(checkpoint, fingerprints, list(weights)),
                                 on_round=None if checkpoint is None else lambda st: _save_checkpoint(checkpoint, fingerprints, st))
         weight_stats = est.layers
-        z = omega_z(omega_trace)
         omegas = {n: omega_table(_checked_trace(n, "", est.layers[n], z), sq[n], weights[n].numel()) for n in weights}
         unconverged = list(est.unconverged)
         extra = {"engine": est.engine, "probes": est.probes, "rounds": est.rounds,
@@ -369,7 +348,6 @@ def profile(
         unconverged += [f"{n} (input)" for n in act.unconverged]
         extra.update(act_engine=act.engine, act_probes=act.probes)
     layers = []
-    z = omega_z(omega_trace)
     for l in graph.layers:
         e = weight_stats[l.name]
         n_x = math.prod(l.in_shape)
@@ -387,6 +365,23 @@ def profile(
         checkpoint.unlink(missing_ok=True)
         Path(f"{cache}.act.partial").unlink(missing_ok=True)
     return result
+
+
+def _check_profile_options(probes_per_batch: Any, max_probes: Any, rel_tol: Any, omega_trace: Any,
+                           sensitivity: Any) -> None:
+    """ConfigError on the first of profile()'s options that is out of range (see profile)."""
+    if probes_per_batch != "auto" and (isinstance(probes_per_batch, bool) or not isinstance(probes_per_batch, int)
+                                       or probes_per_batch < 1):
+        raise ConfigError(f"probes_per_batch must be a positive integer or 'auto', not {probes_per_batch!r}")
+    if isinstance(max_probes, bool) or not isinstance(max_probes, int) or max_probes < 2:
+        raise ConfigError(f"max_probes must be an integer of at least 2 to estimate a standard error, not {max_probes!r}")
+    if isinstance(rel_tol, bool) or not (isinstance(rel_tol, (int, float)) and 0 <= rel_tol < math.inf):
+        raise ConfigError(f"rel_tol must be a number >= 0 (a relative standard error, e.g. 0.05; 0: run to "
+                          f"max_probes), not {rel_tol!r}")
+    if omega_trace not in OMEGA_TRACES:
+        raise ConfigError(f"omega_trace must be one of {', '.join(OMEGA_TRACES)}, not {omega_trace!r}")
+    if sensitivity not in SENSITIVITIES:
+        raise ConfigError(f"sensitivity must be one of {', '.join(SENSITIVITIES)}, not {sensitivity!r}")
 
 
 class _Stat(NamedTuple):

@@ -13,7 +13,7 @@ import time
 import torch
 from torch import nn
 
-from . import data as D
+from . import data as fmnist  # the embedded Fashion-MNIST data
 from .models import BUILDERS
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -39,7 +39,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, batch
         t0, seen, correct = time.time(), 0, 0
         for i in range(0, len(y), batch_size):
             idx = perm[i : i + batch_size]
-            xb, yb = _augment(x[idx], g).to(device), y[idx].to(device)
+            xb, yb = fmnist.shift_flip(x[idx], g).to(device), y[idx].to(device)
             out = model(xb)
             loss = nn.functional.cross_entropy(out, yb)
             opt.zero_grad(set_to_none=True)
@@ -50,15 +50,6 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, batch
             correct += (out.argmax(1) == yb).sum().item()
         log(f"epoch {epoch + 1}/{epochs}: train acc {correct / seen:.4f}, {time.time() - t0:.0f} s")
     return model.eval()
-
-
-def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    n = len(x)
-    padded = nn.functional.pad(x, (2, 2, 2, 2), value=float(x.min()))
-    dx, dy = torch.randint(0, 5, (2,), generator=g).tolist()
-    out = padded[:, :, dy : dy + 28, dx : dx + 28]
-    flip = torch.rand(n, generator=g) < 0.5
-    return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
 def main() -> None:
@@ -72,11 +63,11 @@ def main() -> None:
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    x, y = D.load_split("train", a.data_dir)
+    x, y = fmnist.load_split("train", a.data_dir)
     model = train(BUILDERS[a.model](), x, y, a.epochs, a.batch_size, a.lr, a.seed, optimizer=a.optimizer)
-    cal, ev = D.calibration_and_eval()
-    acc_cal, _ = D.evaluate(model, cal)
-    acc_ev, _ = D.evaluate(model, ev)
+    cal, ev = fmnist.calibration_and_eval()
+    acc_cal, _ = fmnist.evaluate(model, cal)
+    acc_ev, _ = fmnist.evaluate(model, ev)
     torch.save(model.state_dict(), a.out)
     print(json.dumps({"model": a.model, "epochs": a.epochs, "calibration_accuracy": acc_cal, "eval_accuracy": acc_ev, "out": a.out}))
 

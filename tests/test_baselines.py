@@ -1,8 +1,6 @@
 """The comparison allocators: exact answers on tiny problems, and fixed plans' bookkeeping."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
@@ -13,10 +11,9 @@ from hawq.baselines import (eigen_sensitivity, greedy_plan, hessian_sensitivity,
                             with_omegas)
 from hawq.errors import ConfigError, InfeasibleBudgetError
 from hawq.guard import GuardCache, quantize_plan
-from hawq.rewrite import fold_bn
 from hawq.data import evaluate
 from hawq.sensitivity import LayerProfile, Profile, profile
-from hawq.solver import Budget, fixed_plan, solve, uniform_plan
+from hawq.solver import Budget, SolveSpec, fixed_plan, solve, uniform_plan
 
 BITS = (2, 4, 8)
 
@@ -42,8 +39,8 @@ def test_inverted_sensitivity_reverses_the_ranks():
     assert inv == pytest.approx({"l3": 0.01, "l1": 0.03, "l2": 0.08, "l0": 0.20})
     # with widths 2 or 8 and room for half the layers at 8: hawq keeps l3, l1 wide; inverted keeps l0, l2
     budget = Budget(avg_bits=5)
-    hawq = solve(prof, budget, pins={}, bits=(2, 8)).assignment()
-    inverted = solve(resensitized(prof, inv), budget, pins={}, bits=(2, 8)).assignment()
+    hawq = solve(prof, budget, spec=SolveSpec(pins={}, bits=(2, 8))).assignment()
+    inverted = solve(resensitized(prof, inv), budget, spec=SolveSpec(pins={}, bits=(2, 8))).assignment()
     assert {n for n, (w, _) in hawq.items() if w == 8} == {"l1", "l3"}
     assert {n for n, (w, _) in inverted.items() if w == 8} == {"l0", "l2"}
 
@@ -59,19 +56,19 @@ def test_greedy_takes_the_cheapest_loss_per_bit_first():
     prof = toy_profile([1.0] * 3, [100, 100, 200])
     deltas = {"l0": {8: 0.0, 4: 0.01, 2: 0.50}, "l1": {8: 0.0, 4: 0.02, 2: 0.03}, "l2": {8: 0.0, 4: 0.10, 2: 0.40}}
     # per bit saved: l0 8→4 0.01/400, l1 8→4 0.02/400, l2 8→4 0.10/800; then l1 4→2 0.01/200 ...
-    plan = greedy_plan(prof, deltas, Budget(megabytes=(100 * 4 + 100 * 4 + 200 * 8) / 8e6), BITS, pins={})
+    plan = greedy_plan(prof, deltas, Budget(megabytes=(100 * 4 + 100 * 4 + 200 * 8) / 8e6), spec=SolveSpec(bits=BITS, pins={}))
     assert {l.name: l.w_bits for l in plan.layers} == {"l0": 4, "l1": 4, "l2": 8}
-    plan = greedy_plan(prof, deltas, Budget(megabytes=(100 * 4 + 100 * 2 + 200 * 4) / 8e6), BITS, pins={})
+    plan = greedy_plan(prof, deltas, Budget(megabytes=(100 * 4 + 100 * 2 + 200 * 4) / 8e6), spec=SolveSpec(bits=BITS, pins={}))
     assert {l.name: l.w_bits for l in plan.layers} == {"l0": 4, "l1": 2, "l2": 4}
     assert plan.status == "Fixed" and plan.constraints["weight_bytes"]["slack"] >= 0
     with pytest.raises(InfeasibleBudgetError, match="raise the budget"):
-        greedy_plan(prof, deltas, Budget(megabytes=1e-6), BITS, pins={})
+        greedy_plan(prof, deltas, Budget(megabytes=1e-6), spec=SolveSpec(bits=BITS, pins={}))
 
 
 def test_greedy_keeps_pins():
     prof = toy_profile([1.0] * 3, [100, 100, 100])
     deltas = {"l1": {8: 0.0, 4: 0.1, 2: 0.2}}
-    plan = greedy_plan(prof, deltas, Budget(avg_bits=6), BITS)  # default pins: l0 and l2 at 8
+    plan = greedy_plan(prof, deltas, Budget(avg_bits=6), spec=SolveSpec(bits=BITS))  # default pins: l0 and l2 at 8
     assert [l.w_bits for l in plan.layers] == [8, 2, 8] and plan.layers[0].pinned
 
 
@@ -124,7 +121,7 @@ def test_measured_deltas_are_single_layer_loss_changes():
     data = tiny_data(model)
     prof = profile(model, F.cross_entropy, data, BITS, max_probes=4, min_probes=2)
     cache = GuardCache()
-    d = measured_deltas(model, prof, data, BITS, cache=cache)
+    d = measured_deltas(model, prof, data, spec=SolveSpec(bits=BITS), cache=cache)
     assert set(d) == {"2"}  # first and last are pinned by default
     base = evaluate(quantize_plan(model, fixed_plan(prof, {"0": 8, "2": 8, "4": 8}, label="b"), data, cache), data)[1]
     at2 = evaluate(quantize_plan(model, fixed_plan(prof, {"0": 8, "2": 2, "4": 8}, label="c"), data, cache), data)[1]
@@ -139,7 +136,7 @@ def test_with_omegas_replaces_the_table_and_the_ilp_follows_it():
     p = with_omegas(prof, table)
     assert p.layers[0].omega == {2: 5.0, 4: 1.0, 8: 0.0} and p.layers[1].omega[2] == 0.0  # clamped at 0
     budget = Budget(megabytes=(100 * 8 + 100 * 2) / 8e6)
-    plan = solve(p, budget, bits=BITS, pins={})
+    plan = solve(p, budget, spec=SolveSpec(bits=BITS, pins={}))
     assert {n: wa[0] for n, wa in plan.assignment().items()} == {"l0": 8, "l1": 2}
 
 

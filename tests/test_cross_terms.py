@@ -14,11 +14,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from hawq import solver as S
+from hawq.solver import problem
 from hawq.errors import ArtifactError, InfeasibleBudgetError
 from hawq.perturbation import perturbation_terms
-from hawq.rewrite import fold_bn
+from hawq.graph import fold_bn
 from hawq.sensitivity import Interaction, Profile, profile
-from hawq.solver import Plan, solve, uniform_plan
+from hawq.solver import Plan, SolveSpec, solve, uniform_plan
 from test_solver import REL_TOL, SOLVERS, random_budget, random_instance
 
 
@@ -60,10 +61,10 @@ def test_quadratic_ilp_matches_brute_force(solver):
         best = quadratic_brute_force(prof, cand, pins, ties, limit)
         if best is None:
             with pytest.raises(InfeasibleBudgetError):
-                solve(prof, budget, bits=cand, pins=pins, ties=ties, solver=solver)
+                solve(prof, budget, spec=SolveSpec(bits=cand, pins=pins, ties=ties, solver=solver))
             continue
         feasible += 1
-        plan = solve(prof, budget, bits=cand, pins=pins, ties=ties, solver=solver)
+        plan = solve(prof, budget, spec=SolveSpec(bits=cand, pins=pins, ties=ties, solver=solver))
         w = {l.name: l.w_bits for l in plan.layers}
         assert plan.status == "Optimal" and plan.solver == solver
         assert plan.loss_model == ("quadratic" if prof.interactions else "additive")
@@ -72,7 +73,7 @@ def test_quadratic_ilp_matches_brute_force(solver):
         assert abs(plan.omega - best[0]) <= REL_TOL[solver] * 10 * scale, (plan.omega, best)
         assert sum(l.params * w[l.name] for l in prof.layers) <= limit
         assert all(w[n] == b for n, b in pins.items()) and all(len({w[n] for n in t}) == 1 for t in ties)
-        additive = solve(base, budget, bits=cand, pins=pins, ties=ties, solver=solver)
+        additive = solve(base, budget, spec=SolveSpec(bits=cand, pins=pins, ties=ties, solver=solver))
         differs += additive.assignment() != plan.assignment()
     # the cross terms must change the optimum on a good share of instances, or this tests nothing
     assert feasible >= 60 and differs >= 10, (feasible, differs)
@@ -86,10 +87,10 @@ def test_cross_terms_steer_the_plan_away_from_compounding_layers():
     layers = tuple(dataclasses.replace(l, params=100, omega={2: 1.0, 3: 0.95, 4: 0.9, 8: 0.0}) for l in base.layers[:3])
     prof = dataclasses.replace(base, layers=layers, interactions=())
     budget = S.Budget(avg_bits=4)
-    assert sorted(l.w_bits for l in solve(prof, budget, bits=(2, 4, 8), pins={}).layers) == [2, 2, 8]
+    assert sorted(l.w_bits for l in solve(prof, budget, spec=SolveSpec(bits=(2, 4, 8), pins={})).layers) == [2, 2, 8]
     both_at_2 = tuple(tuple(5.0 if (i, k) == (0, 0) else 0.0 for k in range(4)) for i in range(4))
     pairs = tuple(Interaction(a, b, both_at_2) for a, b in itertools.combinations(prof.names, 2))
-    quad = solve(dataclasses.replace(prof, interactions=pairs), budget, bits=(2, 4, 8), pins={})
+    quad = solve(dataclasses.replace(prof, interactions=pairs), budget, spec=SolveSpec(bits=(2, 4, 8), pins={}))
     assert [l.w_bits for l in quad.layers] == [4, 4, 4]
     assert quad.loss_model == "quadratic" and quad.cross_omega == 0.0 and quad.omega == pytest.approx(2.7)
 
@@ -99,12 +100,12 @@ def test_too_many_pair_columns_fall_back_to_the_additive_model(monkeypatch, capl
     base, cand, pins, ties = random_instance(rng)
     prof = with_interactions(base, rng)
     budget = S.Budget(avg_bits=4)
-    monkeypatch.setattr(S, "MAX_PAIR_COLUMNS", 0)
+    monkeypatch.setattr(problem, "MAX_PAIR_COLUMNS", 0)
     with caplog.at_level(logging.WARNING, logger="hawq.solver"):
-        plan = solve(prof, budget, bits=(2, 4, 8), pins={})
+        plan = solve(prof, budget, spec=SolveSpec(bits=(2, 4, 8), pins={}))
     assert plan.loss_model == "additive" and plan.cross_omega == 0.0
     assert "MAX_PAIR_COLUMNS=0" in caplog.text and "additive" in caplog.text
-    assert plan.assignment() == solve(base, budget, bits=(2, 4, 8), pins={}).assignment()
+    assert plan.assignment() == solve(base, budget, spec=SolveSpec(bits=(2, 4, 8), pins={})).assignment()
 
 
 def test_profile_and_plan_round_trip_their_cross_terms(tmp_path):

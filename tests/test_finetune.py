@@ -1,7 +1,6 @@
 """Quantization-aware fine-tuning: the straight-through estimator, the QuantLayer training path,
 exact resume from a checkpoint, and `hawq finetune` end to end."""
 import copy
-import math
 from pathlib import Path
 
 import pytest

@@ -13,8 +13,9 @@ import pytest
 from hawq import cli
 from hawq.errors import ArtifactError, ConfigError
 from hawq.frontier import Frontier, Point, non_dominated, pareto
+from hawq.frontier_plot import write_frontier
 from hawq.sensitivity import LayerProfile, Profile
-from hawq.solver import Budget, solve
+from hawq.solver import Budget, SolveSpec, solve
 
 BITS = (2, 3, 4, 8)
 
@@ -46,7 +47,7 @@ def all_plans(prof: Profile, cand=(2, 4, 8), pins=None):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_frontier_is_monotone_non_dominated_and_exact(seed):
     prof = profile(seed=seed)
-    f = pareto(prof, points=25, bits=(2, 4, 8))
+    f = pareto(prof, spec=SolveSpec(bits=(2, 4, 8)), points=25)
     xs, om = [p.megabytes for p in f.points], [p.omega for p in f.points]
     assert len(f.points) >= 3
     assert all(a < b for a, b in zip(xs, xs[1:])) and all(a > b for a, b in zip(om, om[1:]))
@@ -74,7 +75,7 @@ def test_non_dominated_filter():
 
 def test_bops_axis_and_fixed_limits():
     prof = profile(seed=3)
-    f = pareto(prof, points=12, axis="bops", budget=Budget(avg_bits=5.0), bits=(2, 4, 8), ties="graph")
+    f = pareto(prof, spec=SolveSpec(bits=(2, 4, 8), ties="graph"), points=12, axis="bops", budget=Budget(avg_bits=5.0))
     gb = [p.gbops for p in f.points]
     assert all(a < b for a, b in zip(gb, gb[1:])) and all(p.avg_bits <= 5.0 + 1e-12 for p in f.points)
     assert f.settings["ties"] == [["block1.conv", "block2.conv"]] and f.settings["budget"] == {"avg_bits": 5.0}
@@ -86,10 +87,10 @@ def test_bops_axis_and_fixed_limits():
 
 def test_files_round_trip_and_highlight(tmp_path):
     prof = profile(seed=4)
-    chosen = solve(prof, Budget(avg_bits=4.0), bits=(2, 4, 8))
-    f = pareto(prof, points=10, bits=(2, 4, 8), chosen=chosen)
+    chosen = solve(prof, Budget(avg_bits=4.0), spec=SolveSpec(bits=(2, 4, 8)))
+    f = pareto(prof, spec=SolveSpec(bits=(2, 4, 8)), points=10, chosen=chosen)
     assert f.chosen is not None and any(p.label == f.chosen for p in f.points)  # an exact optimum joins the frontier
-    paths = f.write(tmp_path, "test")
+    paths = write_frontier(f, tmp_path, "test")
     assert Frontier.load(paths["json"]) == f
     rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
     assert len(rows) == len(f.points) + len(f.uniform) and sum(int(r["chosen"]) for r in rows) == 1

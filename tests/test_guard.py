@@ -11,7 +11,7 @@ from hawq.errors import ConfigError, DataError
 from hawq.guard import GuardCache, guard, guarded_solve, quantize_plan, split_calibration
 from hawq.rewrite import quantize
 from hawq.sensitivity import LayerProfile, Profile
-from hawq.solver import Budget, Plan, solve, uniform_plan
+from hawq.solver import Budget, Plan, SolveSpec, solve, uniform_plan
 
 BITS = (2, 3, 4, 8)
 
@@ -50,11 +50,11 @@ def test_guard_picks_uniform_when_the_hessian_plan_is_planted_to_be_worse(tmp_pa
     model = mlp()
     data = batches(model)
     prof = planted_profile(model)
-    budget = Budget(megabytes=uniform_plan(prof, 4, pins={}).weight_bytes / 1e6)
-    hessian = solve(prof, budget, bits=(2, 4, 8), pins={})
+    budget = Budget(megabytes=uniform_plan(prof, 4, spec=SolveSpec(pins={})).weight_bytes / 1e6)
+    hessian = solve(prof, budget, spec=SolveSpec(bits=(2, 4, 8), pins={}))
     assert hessian.assignment()["2"] == (2, 8)  # the big layer at 2 bits buys 8 bits elsewhere
     cache = GuardCache()
-    plan = guarded_solve(prof, budget, model=model, data=data, count=0, bits=(2, 4, 8), pins={}, cache=cache)
+    plan = guarded_solve(prof, budget, spec=SolveSpec(bits=(2, 4, 8), pins={}), model=model, data=data, count=0, cache=cache)
     g = plan.guard
     loss = {c["label"]: c["calibration_loss"] for c in g["candidates"]}
     assert set(loss) == {hessian.label, "uniform-w2", "uniform-w3", "uniform-w4"}
@@ -68,7 +68,7 @@ def test_guard_picks_uniform_when_the_hessian_plan_is_planted_to_be_worse(tmp_pa
         assert {"label", "predicted_omega", "calibration_loss"} <= set(c)
     assert plan.weight_bytes <= budget.megabytes * 1e6
     # with alternatives to the optimum, the choice is still never worse than any uniform plan
-    more = guarded_solve(prof, budget, model=model, data=data, count=2, bits=(2, 4, 8), pins={}, cache=cache)
+    more = guarded_solve(prof, budget, spec=SolveSpec(bits=(2, 4, 8), pins={}), model=model, data=data, count=2, cache=cache)
     loss2 = {c["label"]: c["calibration_loss"] for c in more.guard["candidates"]}
     assert len(loss2) >= 5 and loss2[more.guard["chosen"]] == min(loss2.values())
     assert loss2[more.guard["chosen"]] <= min(v for k, v in loss2.items() if k.startswith("uniform"))
@@ -78,9 +78,9 @@ def test_guard_keeps_the_hessian_plan_when_it_measures_best():
     model = mlp()
     data = batches(model)
     prof = planted_profile(model)
-    u4 = uniform_plan(prof, 4, pins={})
-    good = solve(prof, Budget(megabytes=u4.weight_bytes / 1e6), bits=(4, 8), pins={"2": 4})
-    plan = guard(model, [good, u4, uniform_plan(prof, 2, pins={})], data)
+    u4 = uniform_plan(prof, 4, spec=SolveSpec(pins={}))
+    good = solve(prof, Budget(megabytes=u4.weight_bytes / 1e6), spec=SolveSpec(bits=(4, 8), pins={"2": 4}))
+    plan = guard(model, [good, u4, uniform_plan(prof, 2, spec=SolveSpec(pins={}))], data)
     assert plan.guard["chosen"] == good.label  # 8-bit small layers, 4-bit big one: better than uniform 4
     assert plan.assignment() == good.assignment()
     with pytest.raises(ConfigError, match="at least one"):
@@ -93,10 +93,10 @@ def test_cached_quantization_equals_rewrite_quantize():
     model = mlp()
     data = batches(model, n=3)
     prof = planted_profile(model)
-    plan = solve(prof, Budget(avg_bits=4), bits=(2, 4, 8), pins={})
+    plan = solve(prof, Budget(avg_bits=4), spec=SolveSpec(bits=(2, 4, 8), pins={}))
     cache = GuardCache()
     quantize_plan(model, plan, data[:1], cache)  # every pair of the plan cached on one batch
-    uniform_plan_q = quantize_plan(model, uniform_plan(prof, 4, pins={}), data, cache)
+    uniform_plan_q = quantize_plan(model, uniform_plan(prof, 4, spec=SolveSpec(pins={})), data, cache)
     q = quantize_plan(model, plan, data, cache)
     ref = quantize(model, plan, data)
     x = torch.randn(32, 16)

@@ -10,7 +10,7 @@ from torch import nn
 from hawq.errors import ArtifactError, ConfigError
 from hawq.latency import LatencyTable, measure_latency
 from hawq.sensitivity import LayerProfile, Profile
-from hawq.solver import Budget, solve
+from hawq.solver import Budget, SolveSpec, solve
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +39,13 @@ def test_solver_takes_the_table_and_rejects_a_mismatched_one(measured, tmp_path)
     prof = Profile(layers=(LayerProfile("0", "Linear", (16, 32), 512, 512, 1.0, 0.0, 1, dict(om), om),),
                    bits=(2, 4, 8))
     fastest = min(table.ms["0"].values())
-    plan = solve(prof, Budget(latency_ms=fastest), bits=(4, 8), pins={}, latency=table.ms)
+    plan = solve(prof, Budget(latency_ms=fastest), spec=SolveSpec(bits=(4, 8), pins={}, latency=table.ms))
     assert plan.constraints["latency_ms"]["value"] == fastest
     assert plan.assignment()["0"] == min(table.ms["0"], key=table.ms["0"].get)
     with pytest.raises(ConfigError, match="no row for layer 0"):
-        solve(prof, Budget(latency_ms=1.0), bits=(4, 8), pins={}, latency={"other": table.ms["0"]})
+        solve(prof, Budget(latency_ms=1.0), spec=SolveSpec(bits=(4, 8), pins={}, latency={"other": table.ms["0"]}))
     with pytest.raises(ConfigError, match="W2A8"):
-        solve(prof, Budget(latency_ms=1.0), bits=(2, 4, 8), pins={}, latency=table.ms)
+        solve(prof, Budget(latency_ms=1.0), spec=SolveSpec(bits=(2, 4, 8), pins={}, latency=table.ms))
     bad = table.to_dict()
     bad["ms"]["0"]["W4A8"] = -1.0
     (tmp_path / "bad.json").write_text(json.dumps(bad))

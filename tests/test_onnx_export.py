@@ -20,6 +20,7 @@ from hawq.errors import ConfigError, UnsupportedModelError, VerificationError
 from hawq.legalize import LegalizationWarning, legalize
 from hawq.models import resnet20
 from hawq.onnx_export import check_scale_shape, export_onnx
+from hawq.target import Target
 from hawq.onnx_verify import disabled_optimizers, ort_session, verify_onnx
 
 TWO_BIT = ("layer2.1.conv1", "layer3.2.conv2")
@@ -343,7 +344,7 @@ def small_cnn() -> nn.Module:
 
 def test_tensorrt_symmetric_quantize_needs_no_activation_change():
     torch.manual_seed(6)
-    qmodel = rewrite.quantize(small_cnn(), {"0": 8, "3": 8, "7": 8}, [torch.randn(8, 3, 8, 8)], "minmax", act_symmetric=True)
+    qmodel = rewrite.quantize(small_cnn(), {"0": 8, "3": 8, "7": 8}, [torch.randn(8, 3, 8, 8)], "minmax", target="tensorrt")
     layer = rewrite.quant_layers(qmodel)["3"]
     assert layer.a_zero_point == 0 and layer.a_qmin == -128 and layer.a_qmax == 127
     assert legalize(qmodel, "tensorrt").changes == []
@@ -353,7 +354,7 @@ def test_tensorrt_reexpression_equals_symmetric_calibration():
     """Re-expressing an unsigned model's activations gives what symmetric calibration gives."""
     torch.manual_seed(7)
     data, net, plan = [torch.randn(8, 3, 8, 8)], small_cnn(), {"0": 8, "3": 8, "7": 8}
-    sym = rewrite.quant_layers(rewrite.quantize(net, plan, data, "minmax", act_symmetric=True))
+    sym = rewrite.quant_layers(rewrite.quantize(net, plan, data, "minmax", target="tensorrt"))
     legal = legalize(rewrite.quantize(net, plan, data, "minmax"), "tensorrt")
     assert {c.what for c in legal.changes} == {"activation"}
     legal = rewrite.quant_layers(legal.model)
@@ -458,7 +459,7 @@ def test_relu6_clip_bounds_are_constants(tmp_path):
     data = [torch.randn(16, 3, 12, 12)]
     plan = {"0": 8, "2": 8, "4": 8, "7": 8}
     path = tmp_path / "trt.onnx"
-    report = export_onnx(rewrite.quantize(net, plan, data, "minmax", act_symmetric=True), torch.randn(1, 3, 12, 12),
+    report = export_onnx(rewrite.quantize(net, plan, data, "minmax", target="tensorrt"), torch.randn(1, 3, 12, 12),
                          path, target="tensorrt", verify_inputs=data)
     assert report.verification.cosine > 0.9999
     assert "ClipQuantRewrite" in report.verification.disabled_optimizers
@@ -676,14 +677,14 @@ def test_weight_only_worst_case_is_exact_on_this_cpu(tmp_path, bits):
 
 
 def test_reduce_range_quantizes_what_the_file_computes(tmp_path):
-    """hawq.quantize(..., reduce_range=True) gives the 8-bit layers behind 8-bit inputs 7-bit
+    """hawq.quantize(..., target=Target("ort", "reduce-range")) gives the 8-bit layers behind 8-bit inputs 7-bit
     codes: every export scheme then keeps them INT8 in the u8×s8 kernels with no change to the
     model, so the accuracy measured on the quantized model is the file's, and the worst case is
     exact on whatever CPU runs this."""
     net = _worst_case_model()
     x = torch.ones(2, 64, 6, 6)
     plan = {"0": (8, 8), "3": (8, 8), "5": (8, 8)}
-    qmodel = rewrite.quantize(net, plan, [x], weight_method="minmax", reduce_range=True)
+    qmodel = rewrite.quantize(net, plan, [x], weight_method="minmax", target=Target("ort", "reduce-range"))
     layers = rewrite.quant_layers(qmodel)
     assert {(l.w_bits, l.code_bits, int(l.w_int.abs().max())) for l in layers.values()} == {(8, 7, 63)}
     for int8 in ("u8u8", "reduce-range", "s8-vnni"):

@@ -11,6 +11,7 @@ from hawq.errors import ArtifactError
 from hawq.models import resnet20
 from hawq.qmodel import load_qmodel, save_qmodel
 from hawq.rewrite import quant_layers, quantize
+from hawq.target import Target
 
 ARCH = {"name": "resnet20", "family": "embedded"}
 
@@ -22,7 +23,7 @@ def saved(tmp_path_factory):
     x = torch.randn(8, 1, 28, 28)
     names = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     widths = {n: (8 if i in (0, len(names) - 1) else (2, 4)[i % 2], 8) for i, n in enumerate(names)}
-    q = quantize(model, widths, [x], reduce_range=True, quantize_outputs=True)
+    q = quantize(model, widths, [x], quantize_outputs=True, target=Target("ort", "reduce-range"))
     plan = {"label": "test", "layers": [{"name": n, "w_bits": w, "a_bits": a} for n, (w, a) in widths.items()]}
     path = tmp_path_factory.mktemp("qm") / "q.pt"
     save_qmodel(path, q, x, ARCH, plan, {"note": 1})
@@ -33,6 +34,7 @@ def test_round_trip_is_the_same_model(saved):
     path, q, x, model = saved
     f = load_qmodel(path, model=resnet20())
     assert torch.equal(f.model(x), q(x)) and torch.equal(f.inputs, x) and f.extra == {"note": 1}
+    assert f.model.hawq_target == Target("ort", "reduce-range")  # the exporter legalises for what it was made for
     for (n, a), b in zip(quant_layers(q).items(), quant_layers(f.model).values()):
         assert (a.w_bits, a.a_bits, a.w_code_bits, a.out_bits, a.a_scale, a.a_zero_point) == \
             (b.w_bits, b.a_bits, b.w_code_bits, b.out_bits, b.a_scale, b.a_zero_point), n

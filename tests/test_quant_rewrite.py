@@ -7,9 +7,10 @@ from torch import nn
 
 from hawq import quant
 from hawq.errors import ArtifactError, DataError
-from hawq.graph import trace_layers
+from hawq.graph import fold_bn, trace_layers
 from hawq.models import resnet20
-from hawq.rewrite import QuantLayer, fold_bn, quant_layers, quantize
+from hawq.rewrite import QuantLayer, quant_layers, quantize
+from hawq.target import Target
 
 
 def trained_like_resnet():
@@ -67,9 +68,10 @@ def test_bn_folding_is_exact_and_leaves_model_alone():
 def test_graph_layers_macs_and_groups():
     g = trace_layers(resnet20(), torch.randn(2, 1, 28, 28))
     assert len(g.layers) == 22 and g.layers[0].name == "conv1" and g.layers[-1].name == "fc"
-    assert g["conv1"].macs == 16 * 28 * 28 * 9
-    assert g["layer2.0.conv1"].macs == 32 * 14 * 14 * 16 * 9
-    assert g["fc"].macs == 640
+    macs = {l.name: l.macs for l in g.layers}
+    assert macs["conv1"] == 16 * 28 * 28 * 9
+    assert macs["layer2.0.conv1"] == 32 * 14 * 14 * 16 * 9
+    assert macs["fc"] == 640
     assert ("layer2.0.conv1", "layer2.0.shortcut.0") in g.groups
     # the stem reaches layer1.0's identity skip through BN, ReLU; a skip from an add has no producer
     assert g.residual == (("conv1", "layer1.0.conv2"), ("layer2.0.conv2", "layer2.0.shortcut.0"),
@@ -146,7 +148,7 @@ def test_reduce_range_codes_survive_training():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
     x = torch.randn(32, 16)
-    q = quantize(net, {"0": (8, 8), "2": (4, 8)}, [x], reduce_range=True)
+    q = quantize(net, {"0": (8, 8), "2": (4, 8)}, [x], target=Target("ort", "reduce-range"))
     first, second = quant_layers(q)["0"], quant_layers(q)["2"]
     assert (first.code_bits, second.code_bits) == (7, 4) and "w_code_bits=7" in repr(first)
     first.enable_qat()

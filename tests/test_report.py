@@ -21,7 +21,7 @@ from hawq.pipeline import Row
 from hawq.report import accuracy_cells, layer_rows, write_report
 from hawq.report_html import report_html, write_html_report
 from hawq.sensitivity import LayerProfile, Profile
-from hawq.solver import Budget, solve, uniform_plan
+from hawq.solver import Budget, SolveSpec, solve, uniform_plan
 
 BITS = (2, 4, 8)
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -49,7 +49,7 @@ def make_run() -> tuple:
     """(title, profile, plans, rows, export report, export name, frontier) like the pipeline's."""
     prof = make_profile()
     uni = uniform_plan(prof, 4)
-    mixed = solve(prof, Budget(megabytes=uni.weight_bytes / 1e6), bits=BITS)
+    mixed = solve(prof, Budget(megabytes=uni.weight_bytes / 1e6), spec=SolveSpec(bits=BITS))
     guard = {"chosen": mixed.label, "calibration_samples": 100, "held_out_samples": 100, "candidates": [
         {"label": mixed.label, "kind": "optimum", "predicted_omega": mixed.omega, "calibration_loss": 0.41,
          "calibration_accuracy": 0.9, "weight_bytes": mixed.weight_bytes},
@@ -67,7 +67,7 @@ def make_run() -> tuple:
     export = ExportReport(path="run/model.onnx", target="ort", opset=25, file_bytes=54321, weight_bytes=4100,
                           scale_bytes=900, packed_weight_bytes=4100, plan_packed_weight_bytes=4000,
                           plan_weight_bytes=3987.5, changes=list(CHANGES), verification=v)
-    frontier = pareto(prof, points=6, bits=BITS, chosen=mixed)
+    frontier = pareto(prof, spec=SolveSpec(bits=BITS), points=6, chosen=mixed)
     return "tiny <net> & co", prof, plans, rows, export, "mixed_4", frontier
 
 

@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from hawq import quant
 from hawq.errors import ArtifactError, DataError, NumericalError
-from hawq.rewrite import fold_bn
+from hawq.graph import fold_bn
 from hawq.sensitivity import Profile, profile
 
 
@@ -87,6 +87,16 @@ def test_activation_omega_formula_and_round_trip(tmp_path):
     assert bare.act_bits == () and all(l.act_trace is None for l in bare.layers)
     assert [l.trace for l in bare.layers] == [l.trace for l in p.layers]  # weight traces are unaffected
     assert [l.act_elems for l in bare.layers] == [64, 4 * 6 * 6, 8 * 2 * 2]
+
+
+def test_activation_widths_profile_with_the_default_sensitivity():
+    """Activation Ω comes from input traces whatever made the weights' Ω (here the perturbed default)."""
+    m, data = small_cnn(), batches()
+    p = profile(m, F.cross_entropy, data, bits=(2, 4, 8), max_probes=12, rel_tol=0.0, a_bits=(4, 8), engine="jvp_vmap")
+    assert p.sensitivity == "perturbed" and p.act_bits == (4, 8)
+    for l in p.layers:
+        for a, om in l.act_omega.items():
+            assert om == pytest.approx(max(l.act_trace + 1.96 * l.act_trace_se, 0) / l.act_elems * l.act_sq_error[a])
 
 
 def test_perturbed_sensitivity_is_the_loss_change_of_each_layer_rounded(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from hawq.errors import ArtifactError, ConfigError, InfeasibleBudgetError
 from hawq.sensitivity import LayerProfile, Profile
-from hawq.solver import (Budget, Plan, alternatives, avg_bits_of, default_pins, plan_weight_bytes, profile_fingerprint,
+from hawq.solver import (Budget, Plan, SolveSpec, alternatives, avg_bits_of, default_pins, plan_weight_bytes, profile_fingerprint,
                          solve, solver_backend, sweep, uniform_plan, uniform_plans_within)
 
 # CBC proves optimality to 1e-12 of the objective; HiGHS to its tolerances (~1e-8 of the largest
@@ -115,10 +115,10 @@ def test_ilp_matches_brute_force_on_random_instances(solver):
         best = brute_force(profile, cand, pins, ties, limit)
         if best is None:
             with pytest.raises(InfeasibleBudgetError):
-                solve(profile, budget, bits=cand, pins=pins, ties=ties, solver=solver)
+                solve(profile, budget, spec=SolveSpec(bits=cand, pins=pins, ties=ties, solver=solver))
             infeasible += 1
             continue
-        plan = solve(profile, budget, bits=cand, pins=pins, ties=ties, solver=solver)
+        plan = solve(profile, budget, spec=SolveSpec(bits=cand, pins=pins, ties=ties, solver=solver))
         feasible += 1
         w = {l.name: l.w_bits for l in plan.layers}
         assert plan.status == "Optimal" and plan.solver == solver
@@ -139,7 +139,7 @@ def test_tiny_and_huge_omega_scales_are_exact(solver, rel_tol):
     omega = [{2: 100.0, 4: 99.0, 8: 98.0}, {2: 3e-8, 4: 2e-8, 8: 1e-8}, {2: 2e-8, 4: 1.5e-8, 8: 1.4e-8}]
     profile = make_profile([10, 10, 10], omega, bits)
     for limit_avg in (2.0, 3.4, 4.0, 5.4, 6.7, 8.0):
-        plan = solve(profile, Budget(avg_bits=limit_avg), pins={}, solver=solver)
+        plan = solve(profile, Budget(avg_bits=limit_avg), spec=SolveSpec(pins={}, solver=solver))
         best = brute_force(profile, bits, {}, [], math.floor(limit_avg * 30))
         assert math.isclose(plan.omega, best[0], rel_tol=rel_tol), (limit_avg, plan.assignment(), best)
 
@@ -157,7 +157,7 @@ def test_regression_cbc_sos_preprocessing():
     ]
     profile = make_profile([4624, 4624, 3376, 686, 4032, 4080], omega, bits)
     pins, ties = {"layer3.conv": 8, "layer5.conv": 8}, [["layer2.conv", "layer3.conv"]]
-    plan = solve(profile, Budget(ratio=0.12142123963598173), bits=(3, 4, 8), pins=pins, ties=ties, solver="cbc")
+    plan = solve(profile, Budget(ratio=0.12142123963598173), spec=SolveSpec(bits=(3, 4, 8), pins=pins, ties=ties, solver="cbc"))
     best = brute_force(profile, (3, 4, 8), pins, ties, 113038)
     assert math.isclose(plan.omega, best[0], rel_tol=1e-9), (plan.assignment(), best)
 
@@ -174,8 +174,8 @@ def test_budget_forms_agree_on_the_same_limit():
     assert plans[0].assignment() == plans[1].assignment() == plans[2].assignment()
     for p in plans:
         assert p.budget["weight_bytes_limit"] == pytest.approx(limit_bits / 8, rel=1e-12)
-    assert Budget(avg_bits=4).weight_bytes_limit(profile, pins) == pytest.approx(total * 4 / 8)
-    assert Budget(megabytes=0.5).weight_bytes_limit(profile, {}) == 5e5
+    assert Budget(avg_bits=4).weight_bytes_limit(profile, spec=SolveSpec(pins=pins)) == pytest.approx(total * 4 / 8)
+    assert Budget(megabytes=0.5).weight_bytes_limit(profile, spec=SolveSpec(pins={})) == 5e5
 
 
 def test_ratio_extremes():
@@ -185,9 +185,9 @@ def test_ratio_extremes():
     high = solve(profile, Budget(ratio=1.0)).assignment()
     assert low[first] == low[last] == (8, 8) and high[first] == high[last] == (8, 8)
     assert all(low[l.name][0] == 2 and high[l.name][0] == 8 for l in profile.layers[1:-1])
-    pinned4 = solve(profile, Budget(ratio=1.0), pins={first: 4}).assignment()
+    pinned4 = solve(profile, Budget(ratio=1.0), spec=SolveSpec(pins={first: 4})).assignment()
     assert pinned4[first][0] == 4 and all(pinned4[l.name][0] == 8 for l in profile.layers[1:])
-    assert solve(profile, Budget(ratio=0.0), bits=(4, 8), pins={}).assignment()[first][0] == 4
+    assert solve(profile, Budget(ratio=0.0), spec=SolveSpec(bits=(4, 8), pins={})).assignment()[first][0] == 4
 
 
 @pytest.mark.parametrize("kind", ["avg_bits", "megabytes"])
@@ -217,8 +217,8 @@ def test_infeasible_with_pins_in_ties():
     lo_bits = sum(l.params * (8 if l.name in names[:2] else 2) for l in profile.layers)
     total = sum(l.params for l in profile.layers)
     with pytest.raises(InfeasibleBudgetError, match="smallest feasible"):
-        solve(profile, Budget(avg_bits=lo_bits / total * 0.99), pins={names[0]: 8}, ties=[names[:2]])
-    plan = solve(profile, Budget(avg_bits=lo_bits / total), pins={names[0]: 8}, ties=[names[:2]])
+        solve(profile, Budget(avg_bits=lo_bits / total * 0.99), spec=SolveSpec(pins={names[0]: 8}, ties=[names[:2]]))
+    plan = solve(profile, Budget(avg_bits=lo_bits / total), spec=SolveSpec(pins={names[0]: 8}, ties=[names[:2]]))
     assert [l.w_bits for l in plan.layers] == [8, 8, 2, 2]
     assert [l.pinned for l in plan.layers] == [True, False, False, False]
 
@@ -226,7 +226,7 @@ def test_infeasible_with_pins_in_ties():
 def test_pins_and_ties_respected():
     profile = small_profile(n=6, seed=7)
     n = [l.name for l in profile.layers]
-    plan = solve(profile, Budget(ratio=0.5), pins={n[2]: 2, n[5]: 8}, ties=[[n[0], n[1]], [n[1], n[3]], [n[4], n[2]]])
+    plan = solve(profile, Budget(ratio=0.5), spec=SolveSpec(pins={n[2]: 2, n[5]: 8}, ties=[[n[0], n[1]], [n[1], n[3]], [n[4], n[2]]]))
     a = {k: v[0] for k, v in plan.assignment().items()}
     assert a[n[2]] == a[n[4]] == 2 and a[n[5]] == 8
     assert a[n[0]] == a[n[1]] == a[n[3]]
@@ -250,7 +250,7 @@ def test_pins_and_ties_respected():
 ])
 def test_bad_options_raise_config_error(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        solve(small_profile(), Budget(avg_bits=4.0), **kwargs)
+        solve(small_profile(), Budget(avg_bits=4.0), SolveSpec(**kwargs))
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -270,7 +270,7 @@ def test_bad_budget_raises_config_error(kwargs, match):
 def test_plan_json_round_trip(tmp_path):
     profile = small_profile(n=5, seed=8)
     n = [l.name for l in profile.layers]
-    plan = solve(profile, Budget(ratio=0.4), ties=[[n[1], n[2]]])
+    plan = solve(profile, Budget(ratio=0.4), spec=SolveSpec(ties=[[n[1], n[2]]]))
     path = plan.save(tmp_path / "sub" / "plan.json")
     assert json.loads(path.read_text())["format"] == "hawq.plan/1"
     loaded = Plan.load(path)
@@ -323,11 +323,11 @@ def test_uniform_plan_sizes():
     assert plan.omega == pytest.approx(sum(l.omega[w[l.name]] for l in profile.layers))
     assert plan.label == "uniform-w3" and plan.status == "Uniform"
     assert [l.pinned for l in plan.layers] == [True, False, False, False, True]
-    assert all(l.w_bits == 4 for l in uniform_plan(profile, 4, pins={}).layers)
+    assert all(l.w_bits == 4 for l in uniform_plan(profile, 4, spec=SolveSpec(pins={})).layers)
     with pytest.raises(ConfigError, match="accepted"):
         uniform_plan(profile, 5)
     # the demo's comparison: profile (2, 3, 4, 8), uniform at 3 bits, mixed over (2, 4, 8) at that size
-    mixed = solve(profile, Budget(megabytes=plan.weight_bytes / 1e6), bits=(2, 4, 8))
+    mixed = solve(profile, Budget(megabytes=plan.weight_bytes / 1e6), spec=SolveSpec(bits=(2, 4, 8)))
     assert mixed.weight_bytes <= plan.weight_bytes
     assert {l.w_bits for l in mixed.layers} <= {2, 4, 8}
     assert mixed.label.startswith("mixed@")
@@ -336,7 +336,7 @@ def test_uniform_plan_sizes():
 def test_solve_is_deterministic_and_time_limit_accepted():
     profile = small_profile(bits=(2, 3, 4, 8), n=6, seed=10)
     a = solve(profile, Budget(ratio=0.37))
-    b = solve(profile, Budget(ratio=0.37), time_limit=30)
+    b = solve(profile, Budget(ratio=0.37), spec=SolveSpec(time_limit=30))
     assert a.assignment() == b.assignment() and a.omega == b.omega and b.status == "Optimal"
 
 
@@ -448,21 +448,21 @@ def test_multi_constraint_ilp_matches_brute_force(solver):
         if act_rng.random() < 0.4:
             caps["a"] = act_rng.uniform(0.3, 1.0) * max(sizes) * max(aset) / 8
             limits["act_kb"] = caps["a"] / 1e3
-        kw = dict(bits=wset, a_bits=aset, act_omega=act, latency=lat, pins=pins, ties=ties, solver=solver)
+        spec = SolveSpec(bits=wset, a_bits=aset, act_omega=act, latency=lat, pins=pins, ties=ties, solver=solver)
         try:
             best = brute_force_multi(profile, wset, aset, act, lat, pins, ties, caps)
         except KeyError:
             continue
         except PinConflict:
             with pytest.raises(ConfigError, match="pinned to different widths"):
-                solve(profile, Budget(**limits), **kw)
+                solve(profile, Budget(**limits), spec)
             continue
         if best is None:
             with pytest.raises(InfeasibleBudgetError):
-                solve(profile, Budget(**limits), **kw)
+                solve(profile, Budget(**limits), spec)
             infeasible += 1
             continue
-        plan = solve(profile, Budget(**limits), **kw)
+        plan = solve(profile, Budget(**limits), spec)
         feasible += 1
         assert plan.status == "Optimal" and plan.gap == 0.0
         assert math.isclose(plan.omega, best[0], rel_tol=REL_TOL[solver], abs_tol=0.0), (plan.assignment(), best)
@@ -521,50 +521,50 @@ def test_jointly_infeasible_limits_name_the_least_value_under_the_others():
     lat = {l.name: {(2, 8): 3.0, (4, 8): 2.0, (8, 8): 1.0} for l in profile.layers}
     budget = Budget(avg_bits=3.0, latency_ms=5.0)
     with pytest.raises(InfeasibleBudgetError, match="not together") as e:
-        solve(profile, budget, latency=lat, pins={})
+        solve(profile, budget, spec=SolveSpec(latency=lat, pins={}))
     msg = str(e.value)
     ms = float(re.search(r"smallest feasible budget is latency_ms=([0-9.eE+-]+)", msg).group(1))
     avg = float(re.search(r"smallest feasible budget is avg_bits=([0-9.eE+-]+)", msg).group(1))
-    plan = solve(profile, Budget(avg_bits=3.0, latency_ms=ms), latency=lat, pins={})
+    plan = solve(profile, Budget(avg_bits=3.0, latency_ms=ms), spec=SolveSpec(latency=lat, pins={}))
     assert plan.constraints["latency_ms"]["value"] <= ms
-    solve(profile, Budget(avg_bits=avg, latency_ms=5.0), latency=lat, pins={})
+    solve(profile, Budget(avg_bits=avg, latency_ms=5.0), spec=SolveSpec(latency=lat, pins={}))
     with pytest.raises(InfeasibleBudgetError):
-        solve(profile, Budget(avg_bits=3.0, latency_ms=ms * 0.99), latency=lat, pins={})
+        solve(profile, Budget(avg_bits=3.0, latency_ms=ms * 0.99), spec=SolveSpec(latency=lat, pins={}))
     with pytest.raises(ConfigError, match="latency table"):
         solve(profile, Budget(latency_ms=5.0))
     with pytest.raises(ConfigError, match="no row"):
-        solve(profile, budget, latency={"layer0.conv": lat["layer0.conv"]})
+        solve(profile, budget, spec=SolveSpec(latency={"layer0.conv": lat["layer0.conv"]}))
 
 
 def test_regex_pins_pairs_and_graph_ties_show_in_the_plan():
     profile = small_profile(n=6, seed=14)
     profile = Profile(layers=profile.layers, bits=profile.bits, groups=(("layer1.conv", "layer2.conv"),),
                       fingerprints=profile.fingerprints)
-    plan = solve(profile, Budget(ratio=0.5), pins={r"layer[0-5]\.conv": 4, "layer5.conv": (8, 8)}, ties="graph")
+    plan = solve(profile, Budget(ratio=0.5), spec=SolveSpec(pins={r"layer[0-5]\.conv": 4, "layer5.conv": (8, 8)}, ties="graph"))
     a = plan.assignment()
     assert all(a[f"layer{i}.conv"] == (4, 8) for i in range(5)) and a["layer5.conv"] == (8, 8)
     assert plan.pin_rules == {r"layer[0-5]\.conv": 4, "layer5.conv": (8, 8)}
     assert plan.pins["layer5.conv"] == (8, 8) and plan.pins["layer0.conv"] == 4
     assert plan.ties == (("layer1.conv", "layer2.conv"),)
-    free = solve(profile, Budget(ratio=0.3), pins={}, ties="graph").assignment()
+    free = solve(profile, Budget(ratio=0.3), spec=SolveSpec(pins={}, ties="graph")).assignment()
     assert free["layer1.conv"] == free["layer2.conv"]
     for pins, match in (({"conv9.*": 4}, "conv9"), ({"layer[": 4}, "regular expression"), ({"fc": "8"}, "width"),
                         ({"layer1.conv": (8, 4)}, "candidate")):
         with pytest.raises(ConfigError, match=re.escape(match)):
-            solve(profile, Budget(ratio=0.5), pins=pins)
+            solve(profile, Budget(ratio=0.5), spec=SolveSpec(pins=pins))
     with pytest.raises(ConfigError, match="'graph'"):
-        solve(profile, Budget(ratio=0.5), ties="shared")
+        solve(profile, Budget(ratio=0.5), spec=SolveSpec(ties="shared"))
 
 
 def test_activation_widths_need_activation_sensitivities():
     profile = small_profile(n=4, seed=15)
     with pytest.raises(ConfigError, match="activation sensitivities"):
-        solve(profile, Budget(avg_bits=4), a_bits=(4, 8))
+        solve(profile, Budget(avg_bits=4), spec=SolveSpec(a_bits=(4, 8)))
     act = {l.name: {4: 1.0, 8: 0.0} for l in profile.layers}
-    plan = solve(profile, Budget(avg_bits=8, bops_ratio=0.0), a_bits=(4, 8), act_omega=act, pins={})
+    plan = solve(profile, Budget(avg_bits=8, bops_ratio=0.0), spec=SolveSpec(a_bits=(4, 8), act_omega=act, pins={}))
     assert {l.a_bits for l in plan.layers} == {4}  # the BOPs floor forces 4-bit activations
     with pytest.raises(ConfigError, match="act_omega"):
-        solve(profile, Budget(avg_bits=4), a_bits=(4, 8), act_omega={"layer0.conv": {4: 1.0, 8: 0.0}})
+        solve(profile, Budget(avg_bits=4), spec=SolveSpec(a_bits=(4, 8), act_omega={"layer0.conv": {4: 1.0, 8: 0.0}}))
 
 
 def test_profiled_activation_omega_is_used_when_it_covers_the_widths():
@@ -574,12 +574,12 @@ def test_profiled_activation_omega_is_used_when_it_covers_the_widths():
     layers = tuple(dataclasses.replace(l, act_omega=act[l.name]) for l in base.layers)
     profile = dataclasses.replace(base, layers=layers, act_bits=(4, 8))
     budget = Budget(avg_bits=5, bops_ratio=0.4)
-    implicit = solve(profile, budget, a_bits=(4, 8), pins={})
-    assert implicit.assignment() == solve(base, budget, a_bits=(4, 8), act_omega=act, pins={}).assignment()
+    implicit = solve(profile, budget, spec=SolveSpec(a_bits=(4, 8), pins={}))
+    assert implicit.assignment() == solve(base, budget, spec=SolveSpec(a_bits=(4, 8), act_omega=act, pins={})).assignment()
     assert implicit.omega == pytest.approx(sum(l.omega[w] + act[l.name][a] for l, (w, a) in
                                                zip(layers, (implicit.assignment()[l.name] for l in layers))))
     with pytest.raises(ConfigError, match="only \\[4, 8\\].*--a-bits 2,8"):
-        solve(profile, budget, a_bits=(2, 8), pins={})
+        solve(profile, budget, spec=SolveSpec(a_bits=(2, 8), pins={}))
 
 
 def test_peak_activation_limit_removes_wide_inputs_and_names_the_least_feasible():
@@ -588,27 +588,27 @@ def test_peak_activation_limit_removes_wide_inputs_and_names_the_least_feasible(
     profile = dataclasses.replace(base, layers=tuple(dataclasses.replace(l, act_elems=n)
                                                      for l, n in zip(base.layers, sizes)))
     act = {l.name: {4: 1.0, 8: 0.0} for l in profile.layers}
-    plan = solve(profile, Budget(act_kb=2.0), a_bits=(4, 8), act_omega=act, pins={})
+    plan = solve(profile, Budget(act_kb=2.0), spec=SolveSpec(a_bits=(4, 8), act_omega=act, pins={}))
     assert [l.a_bits for l in plan.layers] == [4, 8, 8, 8]  # 4000 inputs at 8 bits are 4 kB
     assert plan.constraints["act_bytes"] == {"limit": 2000.0, "value": 2000.0, "slack": 0.0}
     assert plan.budget["act_kb"] == 2.0
     with pytest.raises(InfeasibleBudgetError, match=r"act_kb=1\.9 is infeasible.*act_kb=2\b.*layer0\.conv"):
-        solve(profile, Budget(act_kb=1.9), a_bits=(4, 8), act_omega=act, pins={})
-    fit = uniform_plans_within(profile, Budget(act_kb=3.0), a_bits=(4, 8), pins={}, act_omega=act)
+        solve(profile, Budget(act_kb=1.9), spec=SolveSpec(a_bits=(4, 8), act_omega=act, pins={}))
+    fit = uniform_plans_within(profile, Budget(act_kb=3.0), spec=SolveSpec(a_bits=(4, 8), pins={}, act_omega=act))
     assert len(fit) == len(profile.bits) and all(set(u.assignment().values()) == {(u.layers[0].w_bits, 4)} for u in fit)
     with pytest.raises(ConfigError, match="input size.*hawq profile"):
-        solve(base, Budget(act_kb=2.0), a_bits=(4, 8), act_omega=act, pins={})
+        solve(base, Budget(act_kb=2.0), spec=SolveSpec(a_bits=(4, 8), act_omega=act, pins={}))
 
 
 def test_ties_in_omega_go_to_the_wider_candidate():
     """A layer with Ω 0 at every width (a trace clamped to 0) stays wide when the budget allows."""
     om = [{2: 0.0, 4: 0.0, 8: 0.0}, {2: 5.0, 4: 1.0, 8: 0.0}, {2: 3.0, 4: 2.0, 8: 0.0}]
     profile = make_profile([100, 100, 100], om, (2, 4, 8))
-    roomy = solve(profile, Budget(avg_bits=8), pins={})
+    roomy = solve(profile, Budget(avg_bits=8), spec=SolveSpec(pins={}))
     assert [l.w_bits for l in roomy.layers] == [8, 8, 8] and roomy.omega == 0.0
-    tight = solve(profile, Budget(avg_bits=6), pins={})  # the free layer gives way first
+    tight = solve(profile, Budget(avg_bits=6), spec=SolveSpec(pins={}))  # the free layer gives way first
     assert [l.w_bits for l in tight.layers] == [2, 8, 8] and tight.omega == 0.0
-    mid = solve(profile, Budget(avg_bits=5), pins={})
+    mid = solve(profile, Budget(avg_bits=5), spec=SolveSpec(pins={}))
     assert [l.w_bits for l in mid.layers] == [2, 4, 8] and mid.omega == 1.0
 
 
@@ -619,7 +619,7 @@ def test_alternatives_are_the_next_best_plans_that_change_enough_weights():
         budget, limit = random_budget(rng, profile, cand, pins, ties)
         if brute_force(profile, cand, pins, ties, limit) is None:
             continue
-        plans = alternatives(profile, budget, 2, min_change=0.2, bits=cand, pins=pins, ties=ties)
+        plans = alternatives(profile, budget, spec=SolveSpec(bits=cand, pins=pins, ties=ties), count=2, min_change=0.2)
         total = sum(l.params for l in profile.layers)
         for i, p in enumerate(plans):
             assert sum(l.params * l.w_bits for l in p.layers) <= limit
@@ -649,7 +649,7 @@ def test_uniform_plans_within_and_sweep():
     fit = uniform_plans_within(profile, Budget(megabytes=u4.weight_bytes / 1e6))
     assert [p.label for p in fit] == ["uniform-w2", "uniform-w3", "uniform-w4"]
     assert all(p.constraints["weight_bytes"]["slack"] >= 0 for p in fit)
-    plans = sweep(profile, points=7, bits=(2, 4, 8))
+    plans = sweep(profile, spec=SolveSpec(bits=(2, 4, 8)), points=7)
     sizes = [p.budget["megabytes"] for p in plans]
     assert sizes == sorted(sizes) and len(plans) == 7
     assert all(p.weight_bytes <= p.budget["weight_bytes_limit"] + 1 for p in plans)
@@ -662,5 +662,5 @@ def test_uniform_plans_within_and_sweep():
                                    {"megabytes": 1e308, "gbops": 1e300}])
 def test_a_huge_finite_budget_limits_nothing(limit):
     profile = small_profile()
-    plan = solve(profile, Budget(**limit), pins={})
+    plan = solve(profile, Budget(**limit), spec=SolveSpec(pins={}))
     assert set(plan.assignment().values()) == {(8, 8)} and plan.status == "Optimal"
