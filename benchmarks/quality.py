@@ -10,10 +10,10 @@ every method; mixed methods choose among 2, 4 and 8 bits), prints one JSON line 
 `model, budget_bits, method, accuracy, calibration_loss, weight_bytes` (plus avg_bits, label).
 
 Methods: fp32; uniform (between widths: the widest uniform plan that fits); hawq (the ILP on
-hawq's default sensitivity with the measured-loss guard, what `hawq run` does) and hawq_noguard
-(the ILP optimum alone); hawq_cross and hawq_cross_noguard (the same two on the quadratic model,
-`sensitivity="perturbed_cross"`: each layer's measured Ω plus every cross-layer Gauss-Newton term,
-optimised exactly by the ILP); hawq_trace (the ILP alone on HAWQ-V2's trace model, `sensitivity="trace"`);
+`sensitivity="perturbed"`, each layer's measured Ω alone, with the measured-loss guard) and
+hawq_noguard (the ILP optimum alone); hawq_cross and hawq_cross_noguard (the same two on the
+quadratic model, `sensitivity="perturbed_cross"`: each layer's measured Ω plus every cross-layer
+Gauss-Newton term, optimised exactly by the ILP; hawq's default, what `hawq run` does); hawq_trace (the ILP alone on HAWQ-V2's trace model, `sensitivity="trace"`);
 inverted (hawq's sensitivities dealt in reverse rank); grad_output_score (the same ILP on NVIDIA
 ModelOpt auto_quantize's gradient-weighted output error); random_mean and random_best (5 plans
 from random sensitivities, each filling the budget; best = highest evaluation accuracy, an
@@ -79,7 +79,7 @@ def rows_done(path: Path) -> dict[tuple, dict]:
 
 
 def run_model(name: str, out: Path, n_random: int, log, budgets=BUDGETS, max_probes: int = 64,
-              sensitivity: str = DEFAULT_SENSITIVITY) -> None:
+              sensitivity: str = "perturbed") -> None:
     results = out / "results.jsonl"
     done = rows_done(results)
     model = load_embedded(name)
@@ -200,8 +200,9 @@ def main() -> None:
     p.add_argument("--budgets", default=",".join(f"{b:.6g}" for b in BUDGETS),
                    help="uniform-equivalent weight bits, in the order to run them")
     p.add_argument("--max-probes", type=int, default=64, help="Hutchinson probes at most (the recipes' 64)")
-    p.add_argument("--sensitivity", default=DEFAULT_SENSITIVITY, choices=SENSITIVITIES,
-                   help=f"hawq's sensitivity model (default {DEFAULT_SENSITIVITY}); the trace model runs as hawq_trace")
+    p.add_argument("--sensitivity", default="perturbed", choices=SENSITIVITIES,
+                   help="the model of the hawq rows (default perturbed); perturbed_cross runs as hawq_cross (hawq's "
+                        f"default is {DEFAULT_SENSITIVITY}), the trace model as hawq_trace")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)

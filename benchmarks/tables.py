@@ -14,8 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-METHODS = (("uniform", "uniform"), ("hawq", "**hawq** (guard)"), ("hawq_noguard", "hawq, ILP only"),
-           ("hawq_cross", "hawq cross terms (guard)"), ("hawq_cross_noguard", "hawq cross terms, ILP only"),
+METHODS = (("uniform", "uniform"), ("hawq_cross", "**hawq default**: perturbed + cross terms (guard)"),
+           ("hawq_cross_noguard", "perturbed + cross terms, ILP only"), ("hawq", "perturbed (guard)"),
+           ("hawq_noguard", "perturbed, ILP only"),
            ("hawq_trace", "HAWQ-V2 trace, ILP"), ("grad_output_score", "grad-output score, ILP"),
            ("hawq_v1_eig", "HAWQ-V1 eigenvalue"), ("aimet_greedy", "AIMET-style greedy"), ("inverted", "inverted"),
            ("random_mean", "random, mean of 5"), ("random_best", "random, best of 5"))
@@ -64,7 +65,8 @@ def prediction_table(rows: list[dict]) -> list[str]:
         for m in models:
             r = got.get((m, k))
             cells.append("–" if r is None else f"{r['spearman']:.3f} ({r['spearman_pooled']:.3f}), {r['seconds']:.0f}")
-        out.append(f"| {k} | " + " | ".join(cells) + " |")
+        label = k if k != "default" else f"default ({got[(models[0], k)].get('is', '?')})"  # the last default row
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
     return out + [""]
 
 

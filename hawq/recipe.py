@@ -83,13 +83,16 @@ class Recipe:
         checkpoint and no data set: random weights; the embedded test images (Fashion models)
         or seeded random images with random labels (ImageNet models); 4-8 calibration and 8
         evaluation images in one or two batches; 2 probes with one fixed HVP engine; only the
-        exported budget. It checks that the model goes through the pipeline, not how well."""
+        exported budget; on the ImageNet models, each layer's Ω without the cross-layer terms
+        (their forward-mode pass takes minutes at 224×224; the embedded models keep them). It
+        checks that the model goes through the pipeline, not how well."""
         tv = self.family == "torchvision"
+        cheap = "perturbed" if tv and self.sensitivity == "perturbed_cross" else self.sensitivity
         return replace(self, name=f"{self.name}-smoke", checkpoint="random",
                        data_dir="synthetic" if tv else "embedded", n_calibration=4 if tv else 8, n_evaluation=8,
                        batch_size=4, max_probes=2, probes_per_batch=2,
                        engine=SMOKE_ENGINE if self.engine == "auto" else self.engine,
-                       budgets=(self.budgets[self.export_budget],), export_budget=0)
+                       budgets=(self.budgets[self.export_budget],), export_budget=0, sensitivity=cheap)
 
     def check_inputs(self) -> None:
         """Raise a ConfigError naming what to set when the weights file or the data folder the

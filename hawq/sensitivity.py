@@ -198,7 +198,8 @@ def _check_loaded(prof: "Profile") -> None:
 OMEGA_TRACES = ("upper", "mean")
 SENSITIVITIES = ("trace", "perturbed", "perturbed_cross")
 PERTURBED = ("perturbed", "perturbed_cross")
-DEFAULT_SENSITIVITY = "perturbed"
+# chosen by benchmarks/quality.py and prediction.py (README: "Which sensitivity", "Quality at a budget")
+DEFAULT_SENSITIVITY = "perturbed_cross"
 Z95 = 1.96  # the upper end of a two-sided 95% interval
 
 

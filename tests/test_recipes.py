@@ -39,6 +39,9 @@ def test_every_recipe_loads(path):
     s.check_inputs()  # a smoke run needs no file
     assert s.checkpoint == "random" and s.max_probes == 2 and len(s.budgets) == 1 and s.export_budget == 0
     assert s.budgets[0] == r.budgets[r.export_budget] and s.target == r.target and s.model == r.model
+    # the cross-layer terms are kept on the small embedded models, dropped for the ImageNet ones
+    assert s.sensitivity == (r.sensitivity if r.family == "embedded" or r.sensitivity != "perturbed_cross"
+                             else "perturbed")
 
 
 def test_default_recipe_is_the_file():

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from hawq import quant
 from hawq.errors import ArtifactError, DataError, NumericalError
 from hawq.graph import fold_bn
-from hawq.sensitivity import Profile, profile
+from hawq.sensitivity import DEFAULT_SENSITIVITY, Profile, profile
 
 
 def small_cnn():
@@ -90,10 +90,10 @@ def test_activation_omega_formula_and_round_trip(tmp_path):
 
 
 def test_activation_widths_profile_with_the_default_sensitivity():
-    """Activation Ω comes from input traces whatever made the weights' Ω (here the perturbed default)."""
+    """Activation Ω comes from input traces whatever made the weights' Ω (here the default)."""
     m, data = small_cnn(), batches()
     p = profile(m, F.cross_entropy, data, bits=(2, 4, 8), max_probes=12, rel_tol=0.0, a_bits=(4, 8), engine="jvp_vmap")
-    assert p.sensitivity == "perturbed" and p.act_bits == (4, 8)
+    assert p.sensitivity == DEFAULT_SENSITIVITY and p.act_bits == (4, 8)
     for l in p.layers:
         for a, om in l.act_omega.items():
             assert om == pytest.approx(max(l.act_trace + 1.96 * l.act_trace_se, 0) / l.act_elems * l.act_sq_error[a])
