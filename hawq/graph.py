@@ -135,6 +135,8 @@ def fold_bn(model: nn.Module) -> nn.Module:
     """A copy of `model` in eval mode with every BatchNorm2d that directly follows a Conv2d folded
     into it (the BN becomes Identity). The caller's model is unchanged."""
     model = copy.deepcopy(model).eval()
+    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return model  # nothing to fold (and no reason to trace, or to warn that tracing fails)
     try:
         gm = torch.fx.symbolic_trace(model)
     except Exception as e:  # dynamic control flow: leave BN in place, still correct

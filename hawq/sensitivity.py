@@ -302,6 +302,8 @@ def profile(
     graph = trace_layers(folded, batches[0][0][:1])
     mods = dict(folded.named_modules())
     weights = {l.name: mods[l.name].weight for l in graph.layers}
+    for w in weights.values():  # a frozen model (requires_grad=False) still has curvature; the copy is ours
+        w.requires_grad_(True)
     sq = {n: {b: quant.weight_sq_error(w, b, weight_method) for b in bits} for n, w in weights.items()}
     checkpoint = None if cache is None else Path(f"{cache}.partial")
     k = probes_per_batch

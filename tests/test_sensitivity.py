@@ -1,6 +1,8 @@
 """Profile: Ω(b) = Tr(H)/n · ‖Q_b(W) − W‖², JSON round trip, caching, errors."""
 import copy
 import json
+import logging
+import math
 
 import pytest
 import torch
@@ -87,6 +89,34 @@ def test_activation_omega_formula_and_round_trip(tmp_path):
     assert bare.act_bits == () and all(l.act_trace is None for l in bare.layers)
     assert [l.trace for l in bare.layers] == [l.trace for l in p.layers]  # weight traces are unaffected
     assert [l.act_elems for l in bare.layers] == [64, 4 * 6 * 6, 8 * 2 * 2]
+
+
+@pytest.mark.parametrize("sensitivity, engine", [("trace", "double_backward"), ("trace", "jvp_vmap"),
+                                                 ("perturbed_cross", "auto")])
+def test_frozen_weights_are_profiled_and_stay_frozen(sensitivity, engine):
+    """A pretrained model with requires_grad=False (a frozen encoder) profiles; the caller's
+    parameters keep their flags."""
+    m = small_cnn()
+    for w in m.parameters():
+        w.requires_grad_(False)
+    p = profile(m, F.cross_entropy, batches(), bits=(2, 4, 8), max_probes=8, rel_tol=0.0, sensitivity=sensitivity,
+                engine=engine)
+    assert len(p.layers) == 3 and all(math.isfinite(l.omega[2]) for l in p.layers)
+    assert not any(w.requires_grad for w in m.parameters())
+
+
+def test_fold_bn_is_silent_on_a_model_without_batchnorm(caplog):
+    class Branchy(nn.Module):  # data-dependent control flow: torch.fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+    with caplog.at_level(logging.WARNING):
+        fold_bn(Branchy())
+    assert "BatchNorm not folded" not in caplog.text
 
 
 def test_activation_widths_profile_with_the_default_sensitivity():
