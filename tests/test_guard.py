@@ -9,7 +9,7 @@ from torch import nn
 
 from hawq.errors import ConfigError, DataError
 from hawq.guard import GuardCache, guard, guarded_solve, quantize_plan, split_calibration
-from hawq.rewrite import quantize
+from hawq.rewrite import quant_layers, quantize
 from hawq.sensitivity import LayerProfile, Profile
 from hawq.solver import Budget, Plan, SolveSpec, solve, uniform_plan
 
@@ -117,3 +117,21 @@ def test_split_calibration():
         split_calibration([])
     with pytest.raises(ConfigError, match="holdout"):
         split_calibration([(x, y)], 1.0)
+
+
+def test_weight_only_plans_solve_guard_and_quantize():
+    """a_bits=32 (WEIGHT_ONLY, inputs left in float) is a candidate the solver, the guard and
+    quantize all take; mixed with 8-bit inputs it needs no activation sensitivity for 32."""
+    model = mlp()
+    data = batches(model)
+    prof = planted_profile(model)
+    budget = Budget(megabytes=uniform_plan(prof, 4, spec=SolveSpec(pins={})).weight_bytes / 1e6)
+    spec = SolveSpec(bits=(2, 4, 8), a_bits=32, pins={})
+    plan = guarded_solve(prof, budget, spec, model=model, data=data, count=1, cache=GuardCache())
+    assert {a for _, a in plan.assignment().values()} == {32}
+    assert {c["label"] for c in plan.guard["candidates"]} >= {"uniform-w4a32", "uniform-w2a32"}
+    q = quantize(model, plan, data)
+    assert all(m.weight_only for m in quant_layers(q).values())
+    both = solve(prof, budget, SolveSpec(bits=(2, 4, 8), a_bits=(8, 32), pins={},
+                                         act_omega={n: {8: 1.0} for n in ("0", "2", "4")}))
+    assert {a for _, a in both.assignment().values()} == {32}  # Ω_a(32) = 0 < Ω_a(8): float inputs win

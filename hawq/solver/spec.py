@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..errors import ArtifactError, ConfigError
+from ..quant import WEIGHT_ONLY
 from .mip import SOLVERS
 from .sizes import Cand, Pin, is_int
 
@@ -90,14 +91,16 @@ def candidate_bits(profile: Profile, bits: Sequence[int] | None) -> tuple[int, .
 
 
 def act_bits(a_bits: int | Sequence[int]) -> tuple[int, ...]:
-    """The sorted candidate activation widths, each an integer in 2..16.
+    """The sorted candidate activation widths, each an integer in 2..16 or WEIGHT_ONLY (32: the
+    layer's input stays float, weight-only quantization).
 
     a_bits: one width (usually 8) or a sequence of widths.
     """
     seq = (a_bits,) if is_int(a_bits) else a_bits
     if isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence) or not seq or \
-            not all(is_int(a) and 2 <= a <= 16 for a in seq):
-        raise ConfigError(f"a_bits={a_bits!r} must be an integer in 2..16 (usually 8) or a list of them, e.g. (4, 8)")
+            not all(is_int(a) and (2 <= a <= 16 or a == WEIGHT_ONLY) for a in seq):
+        raise ConfigError(f"a_bits={a_bits!r} must be an integer in 2..16 (usually 8), {WEIGHT_ONLY} for weight-only "
+                          "(inputs left in float), or a list of them, e.g. (4, 8)")
     return tuple(sorted({int(a) for a in seq}))
 
 
@@ -232,12 +235,17 @@ def tie_groups(profile: Profile, ties: Sequence[Sequence[str]] | str) -> tuple[t
 
 def act_omegas(profile: Profile, act_omega: Mapping[str, Mapping[int, float]] | None,
                a_set: Sequence[int]) -> dict[str, dict[int, float]]:
-    """Validated activation Ω per layer and width; zeros when one width is fixed and none is given.
+    """Validated activation Ω per layer and width; zeros when one width is fixed and none is given,
+    and always 0 at WEIGHT_ONLY (a float input is not rounded).
 
     profile: the layers.
     act_omega: layer name → {a_bits: Ω_a}, or None for the profile's (when it has every width).
     a_set: the candidate activation widths.
     """
+    if WEIGHT_ONLY in a_set:
+        rows = act_omegas(profile, act_omega, [a for a in a_set if a != WEIGHT_ONLY]) if len(a_set) > 1 else \
+            {l.name: {} for l in profile.layers}
+        return {n: {**row, WEIGHT_ONLY: 0.0} for n, row in rows.items()}
     if act_omega is None and set(a_set) <= set(profile.act_bits):
         act_omega = {l.name: l.act_omega for l in profile.layers}
     if act_omega is None:
