@@ -231,9 +231,8 @@ def cmd_export(a) -> None:
     hawq.check_output(Path(a.out).parent / "verify.json")
     f = hawq.load_qmodel(a.qmodel, build=hawq.build_arch)
     q, x = f.model, f.inputs
-    made_for = getattr(q, "hawq_target", hawq.Target())
-    rep = hawq.export_onnx(q, x[:1], a.out, target=a.target or made_for.name, verify=not a.no_verify, opset=a.opset,
-                           verify_inputs=x, int8=a.int8 or made_for.int8)
+    rep = hawq.export_onnx(q, x[:1], a.out, target=a.target, verify=not a.no_verify, opset=a.opset, verify_inputs=x,
+                           int8=a.int8)  # None: what the model was quantized for
     print(rep.summary())
     d = {k: v for k, v in rep.to_dict().items() if k not in ("layers", "changes")}
     if d["verification"]:

@@ -22,8 +22,8 @@ from .errors import ConfigError, DataError
 from .graph import set_module
 from .rewrite import calibrate, quantize
 from .sensitivity import Profile
-from .target import Target
 from .solver import Budget, Plan, SolveSpec, alternatives, uniform_plans_within
+from .target import Target
 
 log = logging.getLogger(__name__)
 
