@@ -102,7 +102,7 @@ def run_model(name: str, out: Path, n_plans: int, max_probes: int, log) -> list[
     done = done_summary(out / "prediction.jsonl", name)
     if done:
         log(f"{name}: already in {out / 'prediction.jsonl'}, skipped")
-        if not any(r["sensitivity"] == "default" and r.get("is") == DEFAULT_SENSITIVITY for r in done):
+        if [r.get("is") for r in done if r["sensitivity"] == "default"][-1:] != [DEFAULT_SENSITIVITY]:
             # written before the default row existed, or when the default was another model
             done.append(default_row(done))
             with (out / "prediction.jsonl").open("a") as f:

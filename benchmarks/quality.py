@@ -10,10 +10,11 @@ every method; mixed methods choose among 2, 4 and 8 bits), prints one JSON line 
 `model, budget_bits, method, accuracy, calibration_loss, weight_bytes` (plus avg_bits, label).
 
 Methods: fp32; uniform (between widths: the widest uniform plan that fits); hawq (the ILP on
-`sensitivity="perturbed"`, each layer's measured Ω alone, with the measured-loss guard) and
+`sensitivity="perturbed"`, each layer's measured Ω alone, with the measured-loss guard: hawq's
+default, what `hawq run` does) and
 hawq_noguard (the ILP optimum alone); hawq_cross and hawq_cross_noguard (the same two on the
 quadratic model, `sensitivity="perturbed_cross"`: each layer's measured Ω plus every cross-layer
-Gauss-Newton term, optimised exactly by the ILP; hawq's default, what `hawq run` does); hawq_trace (the ILP alone on HAWQ-V2's trace model, `sensitivity="trace"`);
+Gauss-Newton term, optimised exactly by the ILP); hawq_trace (the ILP alone on HAWQ-V2's trace model, `sensitivity="trace"`);
 inverted (hawq's sensitivities dealt in reverse rank); grad_output_score (the same ILP on NVIDIA
 ModelOpt auto_quantize's gradient-weighted output error); random_mean and random_best (5 plans
 from random sensitivities, each filling the budget; best = highest evaluation accuracy, an

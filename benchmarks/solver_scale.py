@@ -3,6 +3,8 @@
     python benchmarks/solver_scale.py            # all cases
     python benchmarks/solver_scale.py --quick    # the small cases only
     python benchmarks/solver_scale.py --cross    # the quadratic model (cross-layer terms) only
+    python benchmarks/solver_scale.py --cross-profile out/quality/mobilenetv2_fashion_perturbed_cross_profile.json
+                                                 # a real quadratic profile (from quality.py): solves and a sweep
 
 Keys: case, layers, candidates, constraints, seconds (wall time of the call, model building and
 CBC included), status ("Optimal" = proven optimal; for a sweep, every point), gap (relative
@@ -138,11 +140,35 @@ def cross_case(shapes: list[tuple[str, int, int]], name: str, seed: int, time_li
             "time_limit": time_limit}
 
 
+def profile_cases(path: str) -> list[dict]:
+    """Solves at 4, 3 and 2.5 average bits and a 10-point frontier sweep on a saved profile
+    (W{2,4,8} × A8, first and last layer at 8 bits, solver "auto")."""
+    prof = Profile.load(path)
+    spec, out = SolveSpec(bits=W_BITS), []
+    for avg in (4.0, 3.0, 2.5):
+        t0 = time.perf_counter()
+        plan = solve(prof, Budget(avg_bits=avg), spec)
+        out.append({"case": "profile-solve", "profile": path, "layers": len(prof.layers), "avg_bits": avg,
+                    "pairs": len(prof.interactions), "seconds": round(time.perf_counter() - t0, 3),
+                    "status": plan.status, "solver": plan.solver, "loss_model": plan.loss_model})
+    t0 = time.perf_counter()
+    f = pareto(prof, spec, points=10)
+    out.append({"case": "profile-pareto", "profile": path, "layers": len(prof.layers), "points": 10,
+                "pairs": len(prof.interactions), "seconds": round(time.perf_counter() - t0, 3),
+                "status": "/".join(f.settings["statuses"]), "solver": f.settings["solver"]})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the small cases")
     ap.add_argument("--cross", action="store_true", help="only the quadratic-model cases")
+    ap.add_argument("--cross-profile", metavar="PATH", help="only the solves and sweep on this saved profile")
     a = ap.parse_args(argv)
+    if a.cross_profile:
+        for row in profile_cases(a.cross_profile):
+            print(json.dumps(row), flush=True)
+        return 0
     if a.cross:
         for n, seed in ((20, 1), (20, 2), (40, 1), (40, 2)):
             print(json.dumps(cross_case(random_shapes(n, random.Random(seed)), f"random{n}", seed, 600)), flush=True)

@@ -14,9 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-METHODS = (("uniform", "uniform"), ("hawq_cross", "**hawq default**: perturbed + cross terms (guard)"),
-           ("hawq_cross_noguard", "perturbed + cross terms, ILP only"), ("hawq", "perturbed (guard)"),
-           ("hawq_noguard", "perturbed, ILP only"),
+METHODS = (("uniform", "uniform"), ("hawq", "**hawq default**: perturbed (guard)"), ("hawq_noguard", "perturbed, ILP only"),
+           ("hawq_cross", "perturbed + cross terms (guard)"), ("hawq_cross_noguard", "perturbed + cross terms, ILP only"),
            ("hawq_trace", "HAWQ-V2 trace, ILP"), ("grad_output_score", "grad-output score, ILP"),
            ("hawq_v1_eig", "HAWQ-V1 eigenvalue"), ("aimet_greedy", "AIMET-style greedy"), ("inverted", "inverted"),
            ("random_mean", "random, mean of 5"), ("random_best", "random, best of 5"))

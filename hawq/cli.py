@@ -353,7 +353,7 @@ def parser() -> argparse.ArgumentParser:
                    help="the trace Ω uses: upper, the top of its 95%% interval (the default: a trace that is zero "
                         "within its noise does not make a layer free), or mean, the estimate itself")
     s.add_argument("--sensitivity", choices=SENSITIVITIES,
-                   help="how Ω is made (default: the recipe's, else perturbed_cross): perturbed (the loss change "
+                   help="how Ω is made (default: the recipe's, else perturbed): perturbed (the loss change "
                         "of rounding each layer alone, one forward pass per layer and width), perturbed_cross (that "
                         "plus every cross-layer Gauss-Newton term, optimised by solve) or trace (HAWQ-V2's Hessian "
                         "trace times the rounding error)")

@@ -198,8 +198,9 @@ def _check_loaded(prof: "Profile") -> None:
 OMEGA_TRACES = ("upper", "mean")
 SENSITIVITIES = ("trace", "perturbed", "perturbed_cross")
 PERTURBED = ("perturbed", "perturbed_cross")
-# chosen by benchmarks/quality.py and prediction.py (README: "Which sensitivity", "Quality at a budget")
-DEFAULT_SENSITIVITY = "perturbed_cross"
+# chosen by benchmarks/quality.py, prediction.py and solver_scale.py --cross-profile (README: "Which sensitivity",
+# "Quality at a budget"): perturbed_cross plans better, but its ILP is too slow for a frontier yet
+DEFAULT_SENSITIVITY = "perturbed"
 Z95 = 1.96  # the upper end of a two-sided 95% interval
 
 
