@@ -34,7 +34,7 @@ from .hessian import top_eigenvalues
 from .perturbation import output_error_scores
 from .graph import fold_bn
 from .sensitivity import Profile, omega_z
-from .solver import Budget, Plan, SolveSpec, fixed_plan, pinned_layers
+from .solver import Budget, Plan, SolveSpec, candidate_bits, fixed_plan, pinned_layers
 
 
 def hessian_sensitivity(profile: Profile) -> dict[str, float]:
@@ -106,7 +106,7 @@ def measured_deltas(model: nn.Module, profile: Profile, data: Sequence, spec: So
     cache: quantized layers reused across plans (same model and data only).
     """
     cache = GuardCache() if cache is None else cache
-    pins, bits = pinned_layers(profile, spec), _widths(profile, spec)
+    pins, bits = pinned_layers(profile, spec), candidate_bits(profile, spec.bits)
     top = max(bits)
     base_plan = fixed_plan(profile, {n: (pins.get(n, top)) for n in profile.names}, label="base", spec=spec)
     base = _loss(model, base_plan, data, cache)
@@ -135,7 +135,7 @@ def greedy_plan(profile: Profile, deltas: Mapping[str, Mapping[int, float]], bud
     deltas: from measured_deltas (layer → {w_bits: loss change}).
     budget: its weight limit (megabytes, avg_bits or ratio) is the target.
     """
-    pins, widths = pinned_layers(profile, spec), _widths(profile, spec)
+    pins, widths = pinned_layers(profile, spec), candidate_bits(profile, spec.bits)
     w = {n: widths[-1] for n in profile.names}
     w.update({n: pin if isinstance(pin, int) else pin[0] for n, pin in pins.items()})
     limit_bits = 8 * budget.weight_bytes_limit(profile, spec)
@@ -154,12 +154,3 @@ def greedy_plan(profile: Profile, deltas: Mapping[str, Mapping[int, float]], bud
         _, _, n, lower = min(steps)
         w[n] = lower
     return fixed_plan(profile, w, label=label, spec=spec, budget=budget)
-
-
-def _widths(profile: Profile, spec: SolveSpec) -> list[int]:
-    """The candidate weight widths of `spec`, sorted (the profile's when it names none).
-
-    profile: the profiled widths.
-    spec: the candidates.
-    """
-    return sorted(spec.bits if spec.bits is not None else profile.bits)

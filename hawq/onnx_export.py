@@ -127,8 +127,8 @@ def export_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path
 
     `opset` is the lowest opset used (>= 21); the ort target raises it to 25 when a layer has
     INT2 weights. `int8` (ort; default: the model's own, else "u8u8"): "u8u8" stores the 8-bit
-    weights of 8-bit-input layers at full range as UINT8 + 128, "reduce-range" gives them 7-bit codes in INT8 (both exact on
-    every CPU; layers quantized for Target("ort", "reduce-range") stay INT8 unchanged under
+    weights of 8-bit-input layers at full range as UINT8 + 128, "reduce-range" gives them 7-bit
+    codes in INT8 (both exact on every CPU; layers quantized for Target("ort", "reduce-range") stay INT8 unchanged under
     every scheme); "s8-vnni" keeps INT8 at full range, exact only on CPUs with VNNI, AMX or ARM64
     (verifying it elsewhere is refused in one line before any work; see hawq.legalize and
     hawq.cpu). With `verify`, the file is run in ONNX Runtime on `verify_inputs` (a tensor or

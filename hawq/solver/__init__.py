@@ -14,12 +14,12 @@ from .mip import SOLVERS, solver_backend
 from .plan import LOSS_MODELS, LayerChoice, Plan, profile_fingerprint
 from .problem import pinned_layers
 from .sizes import GIGA, KB, MB, avg_bits_of, peak_act_bytes, plan_bops, plan_weight_bytes
-from .spec import DEFAULT_PINS, GRAPH_TIES, SolveSpec, candidate_pairs, default_pins
+from .spec import DEFAULT_PINS, GRAPH_TIES, SolveSpec, candidate_bits, candidate_pairs, default_pins
 from .verbs import SWEEP_AXES, alternatives, fixed_plan, solve, sweep, uniform_plan, uniform_plans_within
 
 __all__ = [
     "ACT_KIND", "BUDGET_KINDS", "BUDGET_UNITS", "Budget", "DEFAULT_PINS", "GIGA", "GRAPH_TIES", "KB", "LOSS_MODELS",
     "LayerChoice", "MB", "Plan", "SOLVERS", "SWEEP_AXES", "SolveSpec", "alternatives", "avg_bits_of",
-    "candidate_pairs", "default_pins", "fixed_plan", "peak_act_bytes", "pinned_layers", "plan_bops", "plan_weight_bytes",
+    "candidate_bits", "candidate_pairs", "default_pins", "fixed_plan", "peak_act_bytes", "pinned_layers", "plan_bops", "plan_weight_bytes",
     "profile_fingerprint", "solve", "solver_backend", "sweep", "uniform_plan", "uniform_plans_within",
 ]
