@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 import hawq
-from hawq.data import evaluate
+from hawq.batches import evaluate
 from hawq.guard import GuardCache, quantize_plan
 from hawq.solver import SolveSpec, fixed_plan
 

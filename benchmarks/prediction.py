@@ -40,6 +40,7 @@ import torch
 from torch.nn import functional as F
 
 from hawq import data as D
+from hawq.batches import evaluate
 from hawq.baselines import measured_deltas, random_sensitivity, resensitized
 from hawq.guard import GuardCache, quantize_plan
 from hawq.models import load_embedded
@@ -139,7 +140,7 @@ def run_model(name: str, out: Path, n_plans: int, max_probes: int, log) -> list[
     seconds["grad_output"] = time.time() - t
     log(f"{name}: perturbed losses {seconds['perturbed']:.0f} s, output-error scores {seconds['grad_output']:.0f} s")
     with torch.no_grad():
-        fp_loss = D.evaluate(model, batches)[1]
+        fp_loss = evaluate(model, batches)[1]
     idx = {n: i for i, n in enumerate(pert.names)}
     B = len(pert.bits)
 
@@ -161,7 +162,7 @@ def run_model(name: str, out: Path, n_plans: int, max_probes: int, log) -> list[
                 continue
             seen.add(key)
             w = {n: wa[0] for n, wa in plan.assignment().items()}
-            measured = D.evaluate(quantize_plan(model, plan, batches, cache), batches)[1] - fp_loss
+            measured = evaluate(quantize_plan(model, plan, batches, cache), batches)[1] - fp_loss
             pred = {"trace": plan.omega,
                     "measured_deltas": sum(deltas[n][w[n]] for n in deltas),
                     "perturbation_diag": pert.predict(w, cross=False),

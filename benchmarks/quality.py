@@ -43,6 +43,7 @@ import torch
 from torch.nn import functional as F
 
 from hawq import data as D
+from hawq.batches import evaluate
 from hawq.baselines import (eigen_sensitivity, greedy_plan, inverted_sensitivity, measured_deltas,
                             output_error_sensitivity, random_sensitivity, resensitized, with_omegas)
 from hawq.guard import GuardCache, guarded_solve, quantize_plan
@@ -137,7 +138,7 @@ def run_model(name: str, out: Path, n_random: int, log, budgets=BUDGETS, max_pro
         key = tuple(sorted(plan.assignment().items()))
         if key not in evaluated:
             q = quantize_plan(model, plan, batches, qcache)
-            evaluated[key] = (D.evaluate(q, ev)[0], D.evaluate(q, batches)[1])
+            evaluated[key] = (evaluate(q, ev)[0], D.evaluate(q, batches)[1])
         return evaluated[key]
 
     def emit(bits: float, method: str, acc: float, loss: float, plan=None, **extra) -> None:
@@ -158,7 +159,7 @@ def run_model(name: str, out: Path, n_random: int, log, budgets=BUDGETS, max_pro
     if (name, 32.0, "fp32") in done:
         print(json.dumps(done[(name, 32.0, "fp32")]), flush=True)
     else:
-        emit(32.0, "fp32", D.evaluate(model, ev)[0], D.evaluate(model, batches)[1])
+        emit(32.0, "fp32", evaluate(model, ev)[0], D.evaluate(model, batches)[1])
     def budget_at(bits: float) -> Budget:
         return Budget(megabytes=budget_bytes(sizes(), bits) / 1e6)
 

@@ -23,6 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from hawq import data as D
+from hawq.batches import evaluate
 from hawq.guard import GuardCache, guarded_solve, quantize_plan
 from hawq.models import load_embedded
 from hawq.sensitivity import DEFAULT_SENSITIVITY, SENSITIVITIES, profile
@@ -39,7 +40,7 @@ def run(name: str, sensitivity: str, seeds: list[int], out: Path) -> list[dict]:
     def acc(plan) -> float:
         key = tuple(sorted(plan.assignment().items()))
         if key not in accuracy:
-            accuracy[key] = D.evaluate(quantize_plan(model, plan, batches, qcache), ev)[0]
+            accuracy[key] = evaluate(quantize_plan(model, plan, batches, qcache), ev)[0]
         return accuracy[key]
 
     rows = []

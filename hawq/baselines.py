@@ -29,7 +29,7 @@ from torch import nn
 
 from .errors import InfeasibleBudgetError
 from .guard import GuardCache, quantize_plan
-from .data import evaluate
+from .batches import evaluate
 from .hessian import top_eigenvalues
 from .perturbation import output_error_scores
 from .graph import fold_bn
@@ -103,7 +103,8 @@ def measured_deltas(model: nn.Module, profile: Profile, data: Sequence, spec: So
     layers are not measured (their width is fixed).
 
     data: labelled calibration batches; they calibrate the activations and measure the loss.
-    cache: quantized layers reused across plans (same model and data only).
+    cache: quantized layers reused across plans (same model and data only), and the loss measured
+        (GuardCache.loss: cross-entropy by default).
     """
     cache = GuardCache() if cache is None else cache
     pins, bits = pinned_layers(profile, spec), candidate_bits(profile, spec.bits)
@@ -124,7 +125,7 @@ def measured_deltas(model: nn.Module, profile: Profile, data: Sequence, spec: So
 
 
 def _loss(model: nn.Module, plan: Plan, data: Sequence, cache: GuardCache) -> float:
-    return evaluate(quantize_plan(model, plan, data, cache), data)[1]
+    return evaluate(quantize_plan(model, plan, data, cache), data, loss=cache.loss)[1]
 
 
 def greedy_plan(profile: Profile, deltas: Mapping[str, Mapping[int, float]], budget: Budget,

@@ -105,25 +105,6 @@ def loader(dataset: TensorDataset, batch_size: int, shuffle: bool = False, seed:
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g)
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, data, batch_size: int = 500) -> tuple[float, float]:
-    """(top-1 accuracy, mean cross-entropy) of `model` on a dataset or an iterable of (x, y)."""
-    if isinstance(data, TensorDataset):
-        data = loader(data, batch_size)
-    was_training = model.training
-    model.eval()
-    correct, loss, n = 0, 0.0, 0
-    for x, y in data:
-        out = model(x)
-        loss += torch.nn.functional.cross_entropy(out, y, reduction="sum").item()
-        correct += (out.argmax(1) == y).sum().item()
-        n += len(y)
-    model.train(was_training)
-    if n == 0:
-        raise DataError("evaluation data is empty")
-    return correct / n, loss / n
-
-
 def shift_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Training augmentation for a batch of images (N, C, H, W): one random shift of up to 2 pixels
     for the whole batch (padded with the batch minimum), then each image flipped left-right with

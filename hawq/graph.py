@@ -12,6 +12,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from .batches import num_samples, model_inputs
 from .errors import UnsupportedModelError
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,9 @@ def quantizable_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 @torch.no_grad()
-def trace_layers(model: nn.Module, example_input: torch.Tensor) -> LayerGraph:
-    """Run one forward pass on `example_input` (batch of >= 1) and record every Conv2d/Linear."""
+def trace_layers(model: nn.Module, example_input) -> LayerGraph:
+    """Run one forward pass on `example_input` (a batch of >= 1 samples: a tensor, or any batch
+    form of hawq.batches, whose target is not fed) and record every Conv2d/Linear."""
     mods = quantizable_modules(model)
     if not mods:
         raise UnsupportedModelError("the model has no Conv2d or Linear layer to quantize")
@@ -56,7 +58,8 @@ def trace_layers(model: nn.Module, example_input: torch.Tensor) -> LayerGraph:
     in_shape: dict[str, tuple[int, ...]] = {}
     readers: dict[int, list[str]] = {}
     keep: list[torch.Tensor] = []  # keep inputs alive so their ids stay unique during the pass
-    batch = example_input.shape[0]
+    batch = num_samples(example_input)
+    args, kwargs = model_inputs(example_input)
 
     def hook(name: str):
         def fn(mod: nn.Module, inputs, output):
@@ -74,7 +77,7 @@ def trace_layers(model: nn.Module, example_input: torch.Tensor) -> LayerGraph:
     was_training = model.training
     try:
         model.eval()
-        model(example_input)
+        model(*args, **kwargs)
     finally:
         model.train(was_training)
         for h in handles:

@@ -22,9 +22,10 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import grad, jvp, vmap
 from tqdm.auto import tqdm
 
+from .batches import Objective, num_samples, first_input, stateless
 from .errors import ArtifactError, ConfigError, NumericalError, UnsupportedModelError
 
 log = logging.getLogger(__name__)
@@ -82,19 +83,12 @@ class TraceState:
 
 # ------------------------------------------------------------------------------------------ engines
 
-def _loss(model, loss_fn, x, y) -> torch.Tensor:
-    loss = loss_fn(model(x), y)
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise ConfigError(f"loss_fn must return one scalar tensor, got {shape}; reduce it (e.g. reduction='mean')")
-    if not torch.isfinite(loss):
-        raise NumericalError(f"the loss is {loss.item()} on a profiling batch; check the model, data and loss function")
-    return loss
+# An engine is make(model, loss, batch, params) -> hvp: `loss` anything hawq.batches.Objective
+# takes (fn(output, target), fn(model, batch), None), `batch` any batch form it reads.
 
-
-def double_backward(model, loss_fn, x, y, params) -> BatchedHVP:
+def double_backward(model, loss_fn, batch, params) -> BatchedHVP:
     """PyHessian's method: gradient graph built once per batch, one backward per probe."""
-    grads = torch.autograd.grad(_loss(model, loss_fn, x, y), params, create_graph=True)
+    grads = torch.autograd.grad(Objective(loss_fn).loss(model, batch), params, create_graph=True)
 
     def hvp(vs):
         cols = [torch.autograd.grad(grads, params, [v[j] for v in vs], retain_graph=True) for j in range(len(vs[0]))]
@@ -103,13 +97,13 @@ def double_backward(model, loss_fn, x, y, params) -> BatchedHVP:
     return hvp
 
 
-def double_backward_batched(model, loss_fn, x, y, params) -> BatchedHVP:
+def double_backward_batched(model, loss_fn, batch, params) -> BatchedHVP:
     """The same graph, all k probes in one vmapped backward (`is_grads_batched`)."""
-    grads = torch.autograd.grad(_loss(model, loss_fn, x, y), params, create_graph=True)
+    grads = torch.autograd.grad(Objective(loss_fn).loss(model, batch), params, create_graph=True)
     return lambda vs: torch.autograd.grad(grads, params, list(vs), retain_graph=True, is_grads_batched=True)
 
 
-def jvp_vmap(model, loss_fn, x, y, params) -> BatchedHVP:
+def jvp_vmap(model, loss_fn, batch, params) -> BatchedHVP:
     """Forward-over-reverse: jvp of grad over functional_call, vmapped over the k probes."""
     by_id = {id(p): n for n, p in model.named_parameters()}
     if any(id(p) not in by_id for p in params):
@@ -118,12 +112,14 @@ def jvp_vmap(model, loss_fn, x, y, params) -> BatchedHVP:
     fixed = {n: p.detach() for n, p in model.named_parameters() if n not in keys}
     buffers = dict(model.named_buffers())
     primals = tuple(p.detach() for p in params)
+    objective = Objective(loss_fn)
+    call = stateless(model, objective.value)
 
     def loss_of(ws):
-        return loss_fn(functional_call(model, {**fixed, **buffers, **dict(zip(keys, ws))}, (x,)), y)
+        return call({**fixed, **buffers, **dict(zip(keys, ws))}, batch)
 
     with torch.no_grad():
-        _loss(model, loss_fn, x, y)
+        objective.loss(model, batch)  # the checks, outside the transforms
 
     def one(*v):
         return jvp(grad(loss_of), (primals,), (tuple(v),))[1]
@@ -131,7 +127,7 @@ def jvp_vmap(model, loss_fn, x, y, params) -> BatchedHVP:
     return lambda vs: vmap(one)(*vs)
 
 
-# engine name → make(model, loss_fn, x, y, params) → hvp(vs): the Hessian-vector product engines
+# engine name → make(model, loss_fn, batch, params) → hvp(vs): the Hessian-vector product engines
 HVP_ENGINES = {"double_backward": double_backward, "double_backward_batched": double_backward_batched,
                "jvp_vmap": jvp_vmap}
 
@@ -161,14 +157,13 @@ def pick_engine(model, loss_fn, batch, params, k: int, engines: Sequence[str] = 
     of the competitive ones.
     An engine that fails (an op without a forward-mode or double-backward rule) is skipped, with
     one log line saying which and why."""
-    x, y = batch
     times = {}
     vs = rademacher(params, k, 0, 0)
     for name in engines:
         try:
             with hvp_context():
                 t = time.perf_counter()
-                HVP_ENGINES[name](model, loss_fn, x, y, params)(vs)  # warm-up
+                HVP_ENGINES[name](model, loss_fn, batch, params)(vs)  # warm-up
                 warm = time.perf_counter() - t
                 if times and warm > 3 * min(times.values()):
                     times[name] = warm
@@ -176,7 +171,7 @@ def pick_engine(model, loss_fn, batch, params, k: int, engines: Sequence[str] = 
                 runs = []
                 for _ in range(repeats):  # the best of a few: robust to a busy machine
                     t = time.perf_counter()
-                    HVP_ENGINES[name](model, loss_fn, x, y, params)(vs)
+                    HVP_ENGINES[name](model, loss_fn, batch, params)(vs)
                     runs.append(time.perf_counter() - t)
                 times[name] = min(runs)
         except (NumericalError, ConfigError):  # the model or loss is at fault, not the engine
@@ -205,7 +200,7 @@ def saved_bytes(model, loss_fn, batch) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), hvp_context():
-        loss = _loss(model, loss_fn, *batch)
+        loss = Objective(loss_fn).loss(model, batch)
     del loss
     return sum(seen.values())
 
@@ -223,7 +218,7 @@ def probe_bytes(model, loss_fn, batch, params, engine: str) -> int:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         with hvp_context():
-            HVP_ENGINES[engine](model, loss_fn, *batch, params)(vs)
+            HVP_ENGINES[engine](model, loss_fn, batch, params)(vs)
         torch.cuda.synchronize(device)
         peaks.append(torch.cuda.max_memory_allocated(device))
         del vs
@@ -284,7 +279,7 @@ def world() -> tuple[int, int]:
 def hutchinson_traces(
     model: nn.Module,
     loss_fn,
-    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    batches: Sequence,
     weights: Mapping[str, torch.Tensor],
     *,
     importance: Mapping[str, float] | None = None,
@@ -329,9 +324,10 @@ class ActivationTaps:
         self.dtype = next(model.parameters()).dtype
 
     @contextlib.contextmanager
-    def attached(self, x: torch.Tensor):
-        """Fresh zero taps for a batch like `x`, hooked onto the layers' inputs; yields them."""
-        taps = [torch.zeros(len(x), *s, dtype=self.dtype, device=x.device, requires_grad=True) for s in self.shapes]
+    def attached(self, batch):
+        """Fresh zero taps for `batch`, hooked onto the layers' inputs; yields them."""
+        n, device = num_samples(batch), first_input(batch).device
+        taps = [torch.zeros(n, *s, dtype=self.dtype, device=device, requires_grad=True) for s in self.shapes]
         handles = [m.register_forward_pre_hook(lambda mod, inp, d=d: (inp[0] + d, *inp[1:]))
                    for m, d in zip(self.mods, taps)]
         try:
@@ -344,7 +340,7 @@ class ActivationTaps:
 def activation_traces(
     model: nn.Module,
     loss_fn,
-    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    batches: Sequence,
     shapes: Mapping[str, Sequence[int]],
     *,
     engine: str = "double_backward_batched",
@@ -367,8 +363,9 @@ def _estimate(model, loss_fn, batches, names: list[str], probed, engines: Sequen
               importance: Mapping[str, float] | None = None, rel_tol: float = 0.05, max_probes: int = 200,
               min_probes: int = 8, probes_per_batch: int = 1, seed: int = 0, engine: str, state: TraceState | None = None,
               on_round: Callable[[TraceState], None] | None = None, progress: bool = False, desc: str) -> TraceResult:
-    """The Hutchinson loop shared by weights and activations. `probed(x)`: a context manager
-    yielding the tensors (one per name) whose Hessian blocks are probed on batch x."""
+    """The Hutchinson loop shared by weights and activations. `probed(batch)`: a context manager
+    yielding the tensors (one per name) whose Hessian blocks are probed on that batch."""
+    loss_fn = Objective(loss_fn)
     if max_probes < 2:
         raise ConfigError(f"max_probes must be an integer of at least 2 to estimate a standard error, not {max_probes!r}")
     importance = dict(importance or {})
@@ -376,7 +373,7 @@ def _estimate(model, loss_fn, batches, names: list[str], probed, engines: Sequen
     per_round = len(batches) * k
     choosing = time.perf_counter()
     if engine == "auto":
-        with probed(batches[0][0]) as params:
+        with probed(batches[0]) as params:
             engine = pick_engine(model, loss_fn, batches[0], params, k, engines)
     elif engine not in HVP_ENGINES:
         raise ConfigError(f"engine must be 'auto' or one of {ENGINES}, not {engine!r}")
@@ -397,10 +394,9 @@ def _estimate(model, loss_fn, batches, names: list[str], probed, engines: Sequen
             sums = torch.zeros(2, len(names), dtype=torch.float64)
             for b in range(rank, len(batches), n_proc):
                 step = state.rounds * len(batches) + b
-                x, y = batches[b]
-                with probed(x) as params, hvp_context():
+                with probed(batches[b]) as params, hvp_context():
                     vs = rademacher(params, k, seed, step)
-                    hv = make(model, loss_fn, x, y, params)(vs)
+                    hv = make(model, loss_fn, batches[b], params)(vs)
                 s = torch.stack([(v.double() * h.double()).flatten(1).sum(1) for v, h in zip(vs, hv)], 1)  # [k, L]
                 sums[0] += s.sum(0)
                 sums[1] += (s * s).sum(0)
@@ -425,7 +421,7 @@ def _estimate(model, loss_fn, batches, names: list[str], probed, engines: Sequen
 def top_eigenvalues(
     model: nn.Module,
     loss_fn,
-    batch: tuple[torch.Tensor, torch.Tensor],
+    batch,
     weights: Mapping[str, torch.Tensor],
     *,
     iters: int = 20,
@@ -442,7 +438,6 @@ def top_eigenvalues(
     so the result up to `tol`, do not depend on it."""
     names = list(weights)
     params = [weights[n] for n in names]
-    x, y = batch
     gen = torch.Generator().manual_seed(seed)
     starts = []
     for p in params:
@@ -452,7 +447,7 @@ def top_eigenvalues(
         chunk = choose_k(model, loss_fn, batch, params, engine, k_max=len(params))
     eig = torch.zeros(len(params), dtype=torch.float64)
     with hvp_context():
-        hvp = HVP_ENGINES[engine](model, loss_fn, x, y, params)
+        hvp = HVP_ENGINES[engine](model, loss_fn, batch, params)
         for lo in range(0, len(params), max(1, chunk)):
             idx = list(range(lo, min(len(params), lo + max(1, chunk))))
             vs = [torch.zeros(len(idx), *p.shape, dtype=p.dtype, device=p.device) for p in params]

@@ -22,7 +22,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -33,6 +33,7 @@ from torch import nn
 
 from . import cpu, quant
 from .artifacts import atomic_path, write_json
+from .batches import model_inputs, num_samples, tree_map
 from .errors import UnsupportedModelError, VerificationError
 from .legalize import BASE_OPSET, CONTAINER_BITS, INT2_OPSET, Change, LayerSpec, Legalized, container_for, legalize
 from .graph import set_module
@@ -117,8 +118,8 @@ class ExportReport:
 
 # ---------------------------------------------------------------------------------------- export
 
-def export_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path, *, target: str | None = None,
-                verify: bool = True, opset: int = MIN_OPSET, verify_inputs: torch.Tensor | Iterable | None = None,
+def export_onnx(qmodel: nn.Module, example_input: Any, path: str | Path, *, target: str | None = None,
+                verify: bool = True, opset: int = MIN_OPSET, verify_inputs: Any = None,
                 min_top1: float = 0.99, min_cosine: float = 0.999, max_frac_off: float = 0.25,
                 max_diff_vs_quant_error: float = 1.0, int8: str | None = None) -> ExportReport:
     """Write `qmodel` (from hawq.quantize) as a QDQ ONNX model for `target` ("ort" | "tensorrt",
@@ -131,21 +132,20 @@ def export_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path
     codes in INT8 (both exact on every CPU; layers quantized for Target("ort", "reduce-range") stay INT8 unchanged under
     every scheme); "s8-vnni" keeps INT8 at full range, exact only on CPUs with VNNI, AMX or ARM64
     (verifying it elsewhere is refused in one line before any work; see hawq.legalize and
-    hawq.cpu). With `verify`, the file is run in ONNX Runtime on `verify_inputs` (a tensor or
-    an iterable of x or (x, y) batches; default `example_input`) and compared with the legalised
+    hawq.cpu). `example_input` is a batch in any form of hawq.batches (a tensor, a tuple whose
+    last element, the target, is not fed, or a dict of keyword inputs such as int64 `input_ids`
+    and `attention_mask`, `labels` not fed); the file's first output is the model's predictions
+    (its `logits`). With `verify`, the file is run in ONNX Runtime on `verify_inputs` (a batch or
+    an iterable of batches, ragged ones too; default `example_input`) and compared with the legalised
     fake-quant model; a VerificationError (leaving no model at `path`) is raised when top-1
     agreement (on samples whose reference top-1 leads by >= 2 output steps) < `min_top1`, cosine <
     `min_cosine`, more than `max_frac_off` of the outputs are off by more than one output step
     (an LSB of an 8-bit quantizer of the outputs' range) beyond the share that float32 rounding
     alone moves that far, or the mean difference exceeds
     `max_diff_vs_quant_error` times the model's mean quantization error (see verify_onnx). The
-    batch dimension of the ONNX input is dynamic."""
+    batch axis of every input is dynamic, and every axis of keyword inputs (batch and sequence)."""
     layers = _check_quantized(qmodel)
-    if not isinstance(example_input, torch.Tensor):
-        raise UnsupportedModelError("export_onnx takes models with one tensor input; give example_input as a tensor")
-    if not example_input.is_floating_point():
-        raise UnsupportedModelError(f"export_onnx takes float inputs, not {example_input.dtype}: models fed integer "
-                                    "ids (an Embedding) cannot be exported and verified yet")
+    model_inputs(example_input)  # a clear error for a batch of another kind, before any work
     made_for = getattr(qmodel, "hawq_target", Target())
     target = made_for.name if target is None else target
     int8 = (made_for.int8 if made_for.name == target else ORT_INT8[0]) if int8 is None else int8
@@ -208,21 +208,27 @@ def _check_quantized(qmodel: nn.Module) -> dict[str, QuantLayer]:
     return layers
 
 
-def _export_float(qmodel: nn.Module, x: torch.Tensor, opset: int) -> onnx.ModelProto:
+def _export_float(qmodel: nn.Module, example: Any, opset: int) -> onnx.ModelProto:
     """The ONNX graph of `qmodel` with each QuantLayer replaced by its float layer.
 
-    Traced on a batch of at least 2 (`x` repeated): torch.export specializes a dimension of size
-    1 to the constant 1, and the graph then keeps batch-1 Reshapes behind its dynamic input (e.g.
-    in nn.MultiheadAttention: ViT fails on any other batch size in ONNX Runtime)."""
+    Traced on a batch of at least 2 (the example repeated): torch.export specializes a dimension
+    of size 1 to the constant 1, and the graph then keeps batch-1 Reshapes behind its dynamic input
+    (e.g. in nn.MultiheadAttention: ViT fails on any other batch size in ONNX Runtime). A single
+    tensor input is named "input" and the predictions "output"; keyword inputs keep their names."""
     fmodel = copy.deepcopy(qmodel).eval()
     for name, layer in quant_layers(fmodel).items():
         set_module(fmodel, name, copy.deepcopy(layer.fp))
-    if x.shape[0] < 2:
-        x = x.repeat(2, *[1] * (x.dim() - 1))
+    if num_samples(example) < 2:
+        example = tree_map(lambda t: t.repeat(2, *[1] * (t.dim() - 1)) if t.dim() else t, example)
+    args, kwargs = model_inputs(example)
+    auto = torch.export.Dim.AUTO
+    one = isinstance(example, torch.Tensor)
+    names = {"input_names": ["input"], "output_names": ["output"]} if one else {}
+    shapes: Any = tuple({0: auto} for _ in args) if args else {k: {i: auto for i in range(v.dim())}
+                                                                for k, v in kwargs.items()}
     try:
-        prog = torch.onnx.export(fmodel, (x,), dynamo=True, opset_version=opset, optimize=False, verbose=False,
-                                 input_names=["input"], output_names=["output"],
-                                 dynamic_shapes=({0: torch.export.Dim.AUTO},))
+        prog = torch.onnx.export(fmodel, args, kwargs=kwargs or None, dynamo=True, opset_version=opset, optimize=False,
+                                 verbose=False, dynamic_shapes=shapes, **names)
     except Exception as e:
         raise UnsupportedModelError(f"torch.onnx.export failed on the float copy of the model: "
                                     f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e

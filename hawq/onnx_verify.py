@@ -16,7 +16,7 @@ import copy
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Mapping
 
 import numpy as np
 import onnx
@@ -24,6 +24,7 @@ import torch
 from onnx import TensorProto
 from torch import nn
 
+from .batches import logits_of, model_inputs, tree_map
 from .cpu import describe as describe_cpu
 from .errors import ArtifactError, ConfigError, UnsupportedModelError, VerificationError
 from .graph import set_module
@@ -117,7 +118,7 @@ def ort_session(path: str | Path, *, providers: list | None = None, threads: int
                             "export it again with `hawq export`") from None
 
 
-def verify_onnx(path: str | Path, qmodel: nn.Module, inputs: torch.Tensor | Iterable, *,
+def verify_onnx(path: str | Path, qmodel: nn.Module, inputs: Any, *,
                 min_top1: float = 0.99, min_cosine: float = 0.999, max_frac_off: float = 0.25,
                 max_diff_vs_quant_error: float = 1.0, plan_model: nn.Module | None = None) -> Verification:
     """Check the ONNX file, run it in ONNX Runtime (CPU) on `inputs` and compare with `qmodel`
@@ -132,43 +133,47 @@ def verify_onnx(path: str | Path, qmodel: nn.Module, inputs: torch.Tensor | Iter
     differently, accumulate with depth: up to 17% of outputs off by more than a step on a 2-bit-heavy
     mobilenet_v2; the mean difference reaches 0.45 of the quantization error on W8A8 resnet18,
     whose quantization error is small) and fail broken ones (cosine 0.72-0.89, 97% off). `plan_model`, if given, is the model as planned before
-    legalisation: its agreement with `qmodel` is reported, not checked."""
+    legalisation: its agreement with `qmodel` is reported, not checked.
+    `inputs`: one batch (a tensor or a dict of keyword inputs) or an iterable of batches in any form
+    of hawq.batches (targets and labels not fed); the batches may differ in sequence length.
+    Predictions with a sequence axis ([batch, tokens, classes]) are compared token by token."""
     import onnxruntime as ort
 
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise VerificationError(f"{path} fails the ONNX checker: {str(e).splitlines()[0]}") from e
-    batches = [inputs] if isinstance(inputs, torch.Tensor) else [b[0] if isinstance(b, (tuple, list)) else b for b in inputs]
+    batches = [inputs] if isinstance(inputs, (torch.Tensor, Mapping)) else list(inputs)
     if not batches:
         raise ConfigError("verify_inputs is empty; give at least one input batch")
     with tempfile.TemporaryDirectory() as tmp:
         opt = Path(tmp) / "optimized.onnx"
         sess = ort_session(path, matmulnbits_accuracy_level=1, optimized_model_path=opt)
         kernels = ort_kernels(onnx.load(str(opt)), [n for n in quant_layers(qmodel)])
-    in_name = sess.get_inputs()[0].name
+    in_names = [i.name for i in sess.get_inputs()]
     refs, outs, plans, steps, floats, exact = [], [], [], [], [], []
     qexact = copy.deepcopy(qmodel).double().eval()
     fmodel = copy.deepcopy(qmodel).eval()
     for name, layer in quant_layers(fmodel).items():
         set_module(fmodel, name, layer.fp)
-    for x in batches:
-        ref, step = _reference(qmodel, x)
-        refs.append(ref)
-        steps.append(step)
-        outs.append(sess.run(None, {in_name: x.detach().float().numpy()})[0].astype(np.float64))
+    ndim = 0  # of the predictions: top-1 is defined on [samples, classes] only
+    for batch in batches:
+        ref, step = _reference(qmodel, batch)
+        ndim = ref.ndim
+        refs.append(_rows(ref))
+        steps.append(None if step is None else _rows(step))
+        outs.append(_rows(sess.run(None, _feed(in_names, batch))[0].astype(np.float64)))
         with torch.no_grad():
-            floats.append(fmodel(x).double().numpy())
-            exact.append(qexact(x.detach().double()).numpy())
-        if plan_model is not None:
-            with torch.no_grad():
-                plans.append(plan_model(x).double().numpy())
+            floats.append(_rows(_predict(fmodel, batch)))
+            exact.append(_rows(_predict(qexact, tree_map(lambda t: t.double() if t.is_floating_point() else t, batch))))
+            if plan_model is not None:
+                plans.append(_rows(_predict(plan_model, batch)))
     ref, out = np.concatenate(refs), np.concatenate(outs)
     step = max(float(np.ptp(ref)), 1e-30) / 255
     diff = np.abs(out - ref)
-    cos, top1 = _agreement(ref, out)
+    cos, top1 = _agreement(ref, out, ndim)
     top1_near = decisive = None
-    if ref.ndim == 2 and ref.shape[1] > 1:
+    if ndim == 2 and ref.shape[1] > 1:
         top2 = np.sort(ref, 1)[:, -2:]
         keep = top2[:, 1] - top2[:, 0] >= 2 * step
         decisive = int(keep.sum())
@@ -184,9 +189,9 @@ def verify_onnx(path: str | Path, qmodel: nn.Module, inputs: torch.Tensor | Iter
     if steps[0] is not None:
         v.max_diff_input_steps = float((diff / np.broadcast_to(steps[0], ref.shape)).max(initial=0))
     if plans:
-        v.plan_cosine, v.plan_top1_agreement = _agreement(np.concatenate(plans), ref)
+        v.plan_cosine, v.plan_top1_agreement = _agreement(np.concatenate(plans), ref, ndim)
     exact_out = np.concatenate(exact)
-    v.float32_cosine = _agreement(exact_out, ref)[0]
+    v.float32_cosine = _agreement(exact_out, ref, ndim)[0]
     v.float32_frac_off_by_more_than_1_step = _frac_off(ref, exact_out, step)
     v.exact_frac_off_by_more_than_1_step = _frac_off(out, exact_out, step)
     beyond_rounding = v.frac_off_by_more_than_1_step - v.float32_frac_off_by_more_than_1_step
@@ -210,9 +215,10 @@ def _frac_off(a: np.ndarray, b: np.ndarray, step: float) -> float:
     return float((np.abs(a - b) / step > 1 + 1e-3).mean())
 
 
-def _agreement(ref: np.ndarray, out: np.ndarray) -> tuple[float, float | None]:
+def _agreement(ref: np.ndarray, out: np.ndarray, ndim: int) -> tuple[float, float | None]:
+    """(cosine, top-1 agreement: None unless the predictions were [samples, classes] (`ndim` 2))."""
     cos = float((ref * out).sum() / max(np.linalg.norm(ref) * np.linalg.norm(out), 1e-30))
-    top1 = float((ref.argmax(1) == out.argmax(1)).mean()) if ref.ndim == 2 else None
+    top1 = float((ref.argmax(1) == out.argmax(1)).mean()) if ndim == 2 else None
     return cos, top1
 
 
@@ -246,18 +252,44 @@ def ort_kernels(optimized: onnx.ModelProto, names: list[str]) -> dict[str, str]:
     return out
 
 
+def _rows(a: np.ndarray) -> np.ndarray:
+    """Predictions with a sequence axis, [batch, tokens, classes], as one row per token."""
+    return a.reshape(-1, a.shape[-1]) if a.ndim == 3 else a
+
+
+def _predict(model: nn.Module, batch: Any) -> np.ndarray:
+    args, kwargs = model_inputs(batch)
+    return logits_of(model(*args, **kwargs)).double().numpy()
+
+
+def _feed(names: list[str], batch: Any) -> dict[str, np.ndarray]:
+    """ONNX Runtime's inputs for `batch`: float tensors as float32, integer ones (token ids,
+    masks) as they are; keyword inputs by name, positional ones in order."""
+    args, kwargs = model_inputs(batch)
+    if kwargs:
+        missing = [n for n in names if n not in kwargs]
+        if missing:
+            raise ConfigError(f"the verification batch lacks the file's input(s) {', '.join(missing)}; give batches "
+                              "with the keys of the example input")
+        values = [kwargs[n] for n in names]
+    else:
+        values = list(args[:len(names)])
+    return {n: (v.detach().float() if v.is_floating_point() else v.detach()).numpy() for n, v in zip(names, values)}
+
+
 @torch.no_grad()
-def _reference(qmodel: nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-    """(qmodel(x), the per-channel output step if the output comes straight from a QuantLayer with
-    a quantized input, else None)."""
+def _reference(qmodel: nn.Module, batch: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """(qmodel's predictions on `batch`, the per-channel output step if they come straight from
+    a QuantLayer with a quantized input, else None)."""
     last: list = [None]  # (output, layer) of the latest QuantLayer call
 
     def hook(m, i, o):
         last[0] = (o, m)
 
     hooks = [l.register_forward_hook(hook) for l in quant_layers(qmodel).values()]
+    args, kwargs = model_inputs(batch)
     try:
-        y = qmodel(x)
+        y = logits_of(qmodel(*args, **kwargs))
     finally:
         for h in hooks:
             h.remove()

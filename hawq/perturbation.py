@@ -17,10 +17,12 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.func import functional_call, jvp, vmap
+from torch.func import jvp, vmap
 
 from . import quant
+from .batches import Objective, num_samples, stateless, weighted_mean
 from .errors import ConfigError, DataError, NumericalError
+from .hessian import hvp_context
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,9 @@ def perturbation_terms(model: nn.Module, loss_fn: Callable, batches: Sequence, l
         or "hessian", the full Hessian, one double-backward product per direction.
 
     model: the network (BN folded, as it will be quantized), in eval mode.
-    loss_fn: loss(model(x), y) -> scalar tensor (mean over the batch).
-    batches: (x, y) calibration batches; the loss is their sample-weighted mean.
+    loss_fn: the loss, in any form hawq.batches.Objective takes (mean over the batch); the GGN
+        needs it as a function of the logits (a loss on the output, or the default's cross-entropy).
+    batches: calibration batches (hawq.batches); the loss is their sample-weighted mean.
     layers: name → the module whose `.weight` is quantized.
     bits: weight widths.
     weight_method: the weight quantizer's scale search, as the rewriter uses it.
@@ -101,44 +104,44 @@ def perturbation_terms(model: nn.Module, loss_fn: Callable, batches: Sequence, l
         raise ConfigError("perturbation_terms needs at least one layer and one width")
     if not batches:
         raise DataError("perturbation_terms needs at least one (input, target) batch")
+    objective = Objective(loss_fn)
+    if curvature == "ggn":
+        objective.check_splits(model, batches[0])
     params = [layers[n].weight for n in names]
     rounding = _rounding(layers, bits, weight_method)
     deltas = [torch.stack([rounding[n][b] for b in bits]) for n in names]  # per layer: [B, *shape] of Q_b(W) − W
     B, J = len(bits), len(names) * len(bits)
     linear = torch.zeros(J, dtype=torch.float64)
     curv = torch.zeros(J, J, dtype=torch.float64)
-    total = sum(len(y) for _, y in batches)
+    total = sum(num_samples(b) for b in batches)
     was = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)
     directions = [(l, i) for l in range(len(names)) for i in range(B)]
     try:
-        for x, y in batches:
-            w = len(y) / total
-            loss = loss_fn(model(x), y)
-            if loss.numel() != 1:
-                raise ConfigError(f"loss_fn must return one scalar tensor, got {tuple(loss.shape)}")
-            if not torch.isfinite(loss):
-                raise NumericalError(f"the loss is {loss.item()} on a calibration batch; check the model and data")
-            grads = torch.autograd.grad(loss, params, create_graph=curvature == "hessian")
-            for l, g in enumerate(grads):
-                linear[l * B:(l + 1) * B] += w * (deltas[l].flatten(1).double() @ g.detach().flatten().double())
-            if curvature == "ggn":
-                curv += w * _ggn_block(model, loss_fn, x, y, names, params, deltas)
-                if progress:
-                    progress(J, J)
-                continue
-            for start in range(0, J, chunk):
-                part = directions[start:start + chunk]
-                vs = [torch.zeros(len(part), *p.shape, dtype=p.dtype) for p in params]
-                for k, (l, i) in enumerate(part):
-                    vs[l][k] = deltas[l][i]
-                hv = torch.autograd.grad(grads, params, vs, retain_graph=True, is_grads_batched=True)
-                for m, h in enumerate(hv):  # rows: the chunk's directions; columns: layer m's widths
-                    curv[start:start + len(part), m * B:(m + 1) * B] += w * (h.flatten(1).double() @ deltas[m].flatten(1).double().T)
-                if progress:
-                    progress(start + len(part), J)
-            del grads, loss
+        with hvp_context():  # attention through kernels with forward-mode and double-backward rules
+            for batch in batches:
+                w = num_samples(batch) / total
+                loss = objective.loss(model, batch)
+                grads = torch.autograd.grad(loss, params, create_graph=curvature == "hessian")
+                for l, g in enumerate(grads):
+                    linear[l * B:(l + 1) * B] += w * (deltas[l].flatten(1).double() @ g.detach().flatten().double())
+                if curvature == "ggn":
+                    curv += w * _ggn_block(model, objective, batch, params, deltas)
+                    if progress:
+                        progress(J, J)
+                    continue
+                for start in range(0, J, chunk):
+                    part = directions[start:start + chunk]
+                    vs = [torch.zeros(len(part), *p.shape, dtype=p.dtype) for p in params]
+                    for k, (l, i) in enumerate(part):
+                        vs[l][k] = deltas[l][i]
+                    hv = torch.autograd.grad(grads, params, vs, retain_graph=True, is_grads_batched=True)
+                    for m, h in enumerate(hv):  # rows: the chunk's directions; columns: layer m's widths
+                        curv[start:start + len(part), m * B:(m + 1) * B] += w * (h.flatten(1).double() @ deltas[m].flatten(1).double().T)
+                    if progress:
+                        progress(start + len(part), J)
+                del grads, loss
     finally:
         for p, r in zip(params, was):
             p.requires_grad_(r)
@@ -148,8 +151,8 @@ def perturbation_terms(model: nn.Module, loss_fn: Callable, batches: Sequence, l
     return Perturbation(names, bits, linear, curv)
 
 
-def _ggn_block(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, names: Sequence[str],
-               params: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor]) -> torch.Tensor:
+def _ggn_block(model: nn.Module, objective: Objective, batch, params: Sequence[torch.Tensor],
+               deltas: Sequence[torch.Tensor]) -> torch.Tensor:
     """Δ_jᵀ Jᵀ H_z J Δ_k on one batch for every pair of directions (float64, J×J).
 
     Each layer's B directions go through one vmapped forward-mode product (the tangent is that
@@ -161,9 +164,10 @@ def _ggn_block(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
     state = {n: p.detach() for n, p in model.named_parameters()}
     state.update(dict(model.named_buffers()))
     outs = []
+    logits = stateless(model, objective.logits)
     for key, d in zip(keys, deltas):
         def f(w, key=key):
-            return functional_call(model, {**state, key: w}, (x,))
+            return logits({**state, key: w}, batch)
 
         def one(t, key=key, f=f):
             return jvp(f, (state[key],), (t,))[1]
@@ -171,8 +175,8 @@ def _ggn_block(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
             outs.append(vmap(one)(d))  # [B, *output]
     u = torch.cat(outs).flatten(1)  # [J, N·C]
     with torch.enable_grad():
-        z = model(x).detach().requires_grad_(True)
-        gz = torch.autograd.grad(loss_fn(z, y), z, create_graph=True)[0]
+        z = objective.logits(model, batch).detach().requires_grad_(True)
+        gz = torch.autograd.grad(objective.tail(z, batch), z, create_graph=True)[0]
         hu = torch.autograd.grad(gz, z, u.view(len(u), *z.shape), is_grads_batched=True)[0].flatten(1)
     return u.double() @ hu.double().T
 
@@ -206,6 +210,7 @@ def output_error_scores(model: nn.Module, loss_fn: Callable, batches: Sequence, 
         raise ConfigError("output_error_scores needs at least one layer and one width")
     if not batches:
         raise DataError("output_error_scores needs at least one (input, target) batch")
+    objective = Objective(loss_fn)
     rounding = _rounding(layers, bits, weight_method)
     seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: seen.__setitem__(n, (inp[0].detach(), out)))
@@ -216,11 +221,9 @@ def output_error_scores(model: nn.Module, loss_fn: Callable, batches: Sequence, 
     try:
         for w in weights:  # so that every layer's output is in the graph
             w.requires_grad_(True)
-        for x, y in batches:
+        for batch in batches:
             seen.clear()
-            loss = loss_fn(model(x), y)
-            if loss.numel() != 1:
-                raise ConfigError(f"loss_fn must return one scalar tensor, got {tuple(loss.shape)}")
+            loss = objective.loss(model, batch)
             grads = torch.autograd.grad(loss, [seen[n][1] for n in layers])
             with torch.no_grad():
                 for (n, m), g in zip(layers.items(), grads):
@@ -248,10 +251,10 @@ def perturbed_losses(model: nn.Module, loss_fn: Callable, batches: Sequence, lay
     if not batches:
         raise DataError("perturbed_losses needs at least one (input, target) batch")
     rounding = _rounding(layers, bits, weight_method)
-    total = sum(len(y) for _, y in batches)
+    objective = Objective(loss_fn)
 
     def loss() -> float:
-        return sum(float(loss_fn(model(x), y)) * len(y) / total for x, y in batches)
+        return weighted_mean((float(objective.value(model, b)), num_samples(b)) for b in batches)
 
     base = loss()
     if not math.isfinite(base):

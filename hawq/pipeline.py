@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from . import data as fmnist  # the embedded Fashion-MNIST data
 from .artifacts import write_json
+from .batches import evaluate
 from .errors import ArtifactError
 from .frontier import Frontier, pareto
 from .frontier_plot import write_frontier
@@ -149,7 +150,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, l
                    omega_trace=recipe.omega_trace, sensitivity=recipe.sensitivity)
     log_fn(f"profile: {len(prof.layers)} layers, {prof.effort}, {prof.seconds:.0f} s"
            + (f", unconverged: {', '.join(prof.unconverged)}" if prof.unconverged else ""))
-    acc, loss = fmnist.evaluate(model, ev)
+    acc, loss = evaluate(model, ev)
     n_params = sum(l.params for l in prof.layers)
     rows = [Row("fp32", None, acc, loss, 4 * n_params, 32.0, "fp32")]
     plans: dict[str, Plan] = {}
@@ -164,7 +165,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, l
             plan.save(out / f"plan_{name}.json")
             plans[name] = plan
             q = quantize_plan(model, plan, batches, cache)  # = quantize(model, plan, batches, target=...), weights reused
-            acc, loss = fmnist.evaluate(q, ev)
+            acc, loss = evaluate(q, ev)
             qmodels[name] = q
             rows.append(Row(method, bits, acc, loss, plan.weight_bytes, plan.avg_bits, name))
             log_fn(f"{name:>12}: accuracy {acc:.4f}, {plan.weight_bytes / 1e6:.4f} MB, {plan.avg_bits:.2f} bits")

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import quant
+from .batches import model_inputs
 from .cpu import exact_code_bits
 from .errors import ArtifactError, ConfigError, DataError, UnsupportedModelError
 from .graph import QUANTIZABLE, fold_bn, set_module
@@ -248,8 +249,8 @@ def calibrate(qmodel: nn.Module, data: Iterable) -> nn.Module:
     seen = 0
     try:
         for batch in data:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            qmodel(x)
+            args, kwargs = model_inputs(batch)
+            qmodel(*args, **kwargs)
             seen += 1
     finally:
         if not seen:

@@ -13,6 +13,7 @@ from torch import nn
 
 from . import quant
 from .artifacts import JsonArtifact, fingerprint_obj, fingerprint_tensors, read_json, write_json
+from .batches import Objective, num_samples, model_inputs, take, tensors, to_device
 from .errors import ArtifactError, ConfigError, DataError
 from .graph import fold_bn, trace_layers
 from .hessian import TraceResult, TraceState, activation_traces, choose_k, hutchinson_traces, world
@@ -278,9 +279,10 @@ def profile(
     bits, a_bits = _widths(bits, "bits"), _widths(a_bits, "a_bits")
     if not bits:
         raise ConfigError("bits must name at least one weight width, e.g. (2, 4, 8)")
-    batches = [(x.to(device), y.to(device)) for x, y in data]
-    if not batches or sum(len(y) for _, y in batches) == 0:
+    batches = [to_device(b, device) for b in data]
+    if not batches or sum(num_samples(b) for b in batches) == 0:
         raise DataError("profile data is empty; give at least one (input, target) batch")
+    loss_fn = Objective(loss_fn)
     _check_profile_options(probes_per_batch, max_probes, rel_tol, omega_trace, sensitivity)
     settings = {"rel_tol": rel_tol, "max_probes": max_probes, "min_probes": min_probes, "seed": seed,
                 "probes_per_batch": probes_per_batch, "weight_method": weight_method, "bits": list(bits)}
@@ -292,7 +294,7 @@ def profile(
         settings.update(a_bits=list(a_bits), act_symmetric=act_symmetric)
     fingerprints = {
         "weights": fingerprint_tensors(dict(model.state_dict())),
-        "data": fingerprint_tensors({f"{i}.{j}": t for i, b in enumerate(batches) for j, t in enumerate(b)}),
+        "data": fingerprint_tensors({f"{i}.{j}": t for i, b in enumerate(batches) for j, t in enumerate(tensors(b))}),
         "settings": fingerprint_obj(settings),
     }
     if cache is not None:
@@ -300,7 +302,7 @@ def profile(
         if cached is not None:
             return cached
     folded = fold_bn(model).to(device).eval()
-    graph = trace_layers(folded, batches[0][0][:1])
+    graph = trace_layers(folded, take(batches[0], 0, 1))
     mods = dict(folded.named_modules())
     weights = {l.name: mods[l.name].weight for l in graph.layers}
     for w in weights.values():  # a frozen model (requires_grad=False) still has curvature; the copy is ours
@@ -434,8 +436,9 @@ def act_sq_errors(model: nn.Module, names: list[str], batches, a_bits: tuple[int
     def each_input(fn) -> None:
         hooks = [mods[n].register_forward_pre_hook(lambda m, inp, n=n: fn(n, inp[0])) for n in names]
         try:
-            for x, _ in batches:
-                model(x)
+            for b in batches:
+                args, kwargs = model_inputs(b)
+                model(*args, **kwargs)
         finally:
             for h in hooks:
                 h.remove()
@@ -450,7 +453,7 @@ def act_sq_errors(model: nn.Module, names: list[str], batches, a_bits: tuple[int
             err[n][b] += float(((quant.fake_quant_act(x, *qparams(seen[n].lo, seen[n].hi, b)) - x) ** 2).sum())
 
     each_input(add)
-    count = sum(len(x) for x, _ in batches)
+    count = sum(num_samples(b) for b in batches)
     return {n: {b: e / count for b, e in row.items()} for n, row in err.items()}
 
 

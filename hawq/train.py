@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import data as fmnist  # the embedded Fashion-MNIST data
+from .batches import evaluate
 from .models import BUILDERS
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -66,8 +67,8 @@ def main() -> None:
     x, y = fmnist.load_split("train", a.data_dir)
     model = train(BUILDERS[a.model](), x, y, a.epochs, a.batch_size, a.lr, a.seed, optimizer=a.optimizer)
     cal, ev = fmnist.calibration_and_eval()
-    acc_cal, _ = fmnist.evaluate(model, cal)
-    acc_ev, _ = fmnist.evaluate(model, ev)
+    acc_cal, _ = evaluate(model, cal)
+    acc_ev, _ = evaluate(model, ev)
     torch.save(model.state_dict(), a.out)
     print(json.dumps({"model": a.model, "epochs": a.epochs, "calibration_accuracy": acc_cal, "eval_accuracy": acc_ev, "out": a.out}))
 

@@ -11,7 +11,7 @@ from hawq.baselines import (eigen_sensitivity, greedy_plan, hessian_sensitivity,
                             with_omegas)
 from hawq.errors import ConfigError, InfeasibleBudgetError
 from hawq.guard import GuardCache, quantize_plan
-from hawq.data import evaluate
+from hawq.batches import evaluate
 from hawq.sensitivity import LayerProfile, Profile, profile
 from hawq.solver import Budget, SolveSpec, fixed_plan, solve, uniform_plan
 
