@@ -99,9 +99,12 @@ def cmd_profile(a) -> None:
                         max_probes=_or(a.max_probes, r.max_probes), seed=_or(a.seed, r.seed),
                         probes_per_batch=_or(a.probes_per_batch, r.probes_per_batch), engine=a.engine,
                         progress=not a.quiet, cache=a.out, a_bits=_or(a.a_bits, ()),
-                        omega_trace=_or(a.omega_trace, r.omega_trace), sensitivity=_or(a.sensitivity, r.sensitivity))
+                        omega_trace=_or(a.omega_trace, r.omega_trace), sensitivity=_or(a.sensitivity, r.sensitivity),
+                        layers=a.layers, exclude=a.exclude)
     if dist.is_initialized() and dist.get_rank() != 0:
         return
+    if prof.skipped:
+        print(f"{len(prof.skipped)} layer(s) left out, kept in float: {', '.join(prof.skipped)}")
     if prof.measured:
         print(f"{len(prof.layers)} layers, Ω from each layer rounded alone ({prof.effort}), {prof.seconds:.1f} s -> {a.out}")
         for l in prof.layers:
@@ -357,6 +360,10 @@ def parser() -> argparse.ArgumentParser:
                         "of rounding each layer alone, one forward pass per layer and width), perturbed_cross (that "
                         "plus every cross-layer Gauss-Newton term, optimised by solve) or trace (HAWQ-V2's Hessian "
                         "trace times the rounding error)")
+    s.add_argument("--layers", nargs="+", metavar="PATTERN",
+                   help="profile only these layers (names or regular expressions matched whole); the rest stay in float")
+    s.add_argument("--exclude", nargs="+", metavar="PATTERN", default=(),
+                   help="leave these layers (names or regular expressions) out of the profile: they stay in float")
     s.set_defaults(fn=cmd_profile)
 
     s = sub.add_parser("solve", help="per-layer bits under weight-size and BOPs limits at once (ILP) -> plan.json")

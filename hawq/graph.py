@@ -6,14 +6,16 @@ from __future__ import annotations
 import copy
 import logging
 import operator
+import re
 from dataclasses import dataclass
+from typing import Iterable, Sequence
 
 import torch
 import torch.fx
 from torch import nn
 
 from .batches import num_samples, model_inputs
-from .errors import UnsupportedModelError
+from .errors import ConfigError, UnsupportedModelError
 
 log = logging.getLogger(__name__)
 _ADDS = (operator.add, operator.iadd, torch.add)
@@ -36,10 +38,59 @@ class LayerGraph:
     layers: tuple[Layer, ...]  # in execution order
     groups: tuple[tuple[str, ...], ...]  # layers reading the same input tensor (size >= 2)
     residual: tuple[tuple[str, ...], ...] = ()  # layers whose outputs meet at one residual add
+    skipped: tuple[str, ...] = ()  # quantizable layers left out by select_layers
 
     @property
     def names(self) -> list[str]:
         return [l.name for l in self.layers]
+
+
+    def only(self, keep: set[str]) -> "LayerGraph":
+        """The graph of the layers in `keep`; groups and residual ties keep their members in it
+        (and only those still joining two or more layers)."""
+        def cut(groups):
+            return tuple(g2 for g in groups for g2 in [tuple(n for n in g if n in keep)] if len(g2) > 1)
+        return LayerGraph(tuple(l for l in self.layers if l.name in keep), cut(self.groups), cut(self.residual),
+                          tuple(n for n in self.names if n not in keep))
+
+
+def match_layers(key: str, names: Sequence[str], what: str, where: str = "the profile") -> list[str]:
+    """The names `key` selects: itself if it is one, else those a regular expression matches whole.
+    ConfigError (naming `what`, e.g. "pinned layers") when it is neither or matches none."""
+    if key in names:
+        return [key]
+    shown = f"{list(names[:8])}{' …' if len(names) > 8 else ''}"
+    try:
+        rx = re.compile(key)
+    except re.error as e:
+        raise ConfigError(f"{what} ['{key}'] is neither a layer name nor a valid regular expression ({e}); "
+                          f"accepted names: {shown}") from e
+    hit = [n for n in names if rx.fullmatch(n)]
+    if not hit:
+        raise ConfigError(f"{what} ['{key}'] are not in {where} (no name matches it whole); accepted names: {shown}")
+    return hit
+
+
+def select_layers(graph: LayerGraph, layers: str | Iterable[str] | None, exclude: str | Iterable[str] = ()) -> LayerGraph:
+    """The layers of `graph` that `layers` selects (names or regular expressions; None: all) less
+    those `exclude` selects; the rest are recorded as `skipped`. ConfigError when a pattern selects
+    nothing or no layer is left."""
+    names = graph.names
+    include = set(names) if layers is None else {n for k in layer_keys(layers) for n in match_layers(k, names, "layers", "the model")}
+    drop = {n for k in layer_keys(exclude) for n in match_layers(k, names, "excluded layers", "the model")}
+    keep = include - drop
+    if not keep:
+        raise ConfigError(f"layers={layers!r} and exclude={exclude!r} leave no layer to profile")
+    return graph if keep == set(names) else graph.only(keep)
+
+
+def layer_keys(patterns: str | Iterable[str]) -> list[str]:
+    """Layer patterns as a list of strings (one string is one pattern); ConfigError otherwise."""
+    keys = [patterns] if isinstance(patterns, str) else list(patterns)
+    bad = [k for k in keys if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"layer patterns must be names or regular expressions (strings), not {bad[0]!r}")
+    return keys
 
 
 def quantizable_modules(model: nn.Module) -> dict[str, nn.Module]:

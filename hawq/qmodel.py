@@ -170,7 +170,7 @@ def load_qmodel(path: str | Path, build: Callable[[dict[str, str]], nn.Module] |
         model = build(arch)
     folded = fold_bn(model)
     mods = dict(folded.named_modules())
-    quantizable = {n for n, m in mods.items() if isinstance(m, QUANTIZABLE)}
+    quantizable = {n for n, m in mods.items() if isinstance(m, QUANTIZABLE)} - set(plan.get("float_layers", ()))
     if set(settings) != quantizable:
         raise ArtifactError(f"{path} does not cover exactly the quantizable layers of {arch.get('name', 'the model')} "
                             f"({len(settings)} in the file, {len(quantizable)} in the model); make it again with "

@@ -210,7 +210,8 @@ def quantize(model: nn.Module, plan, data: Iterable, weight_method: str = "mse",
     if missing:
         raise ArtifactError(f"the plan names layers this model lacks or cannot quantize: {', '.join(missing[:5])}; "
                             "was the plan made for another model?")
-    left = [n for n, m in mods.items() if isinstance(m, QUANTIZABLE) and n not in assign]
+    kept_float = set(getattr(plan, "float_layers", ()))  # left out of the profile on purpose
+    left = [n for n, m in mods.items() if isinstance(m, QUANTIZABLE) and n not in assign and n not in kept_float]
     if hasattr(plan, "assignment") and left:  # a Plan's totals count every layer; a mapping may name a few
         raise ArtifactError(f"the plan leaves {len(left)} quantizable layer(s) of this model out ({', '.join(left[:5])}"
                             "), so its size and label would be wrong; solve again with a profile of this model")

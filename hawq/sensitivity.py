@@ -15,7 +15,7 @@ from . import quant
 from .artifacts import JsonArtifact, fingerprint_obj, fingerprint_tensors, read_json, write_json
 from .batches import Objective, num_samples, model_inputs, take, tensors, to_device
 from .errors import ArtifactError, ConfigError, DataError
-from .graph import fold_bn, trace_layers
+from .graph import fold_bn, layer_keys, select_layers, trace_layers
 from .hessian import TraceResult, TraceState, activation_traces, choose_k, hutchinson_traces, world
 from .perturbation import perturbation_terms, perturbed_losses
 
@@ -81,6 +81,7 @@ class Profile(JsonArtifact):
     residual: tuple[tuple[str, ...], ...] = ()  # layers whose outputs meet at a residual add
     act_bits: tuple[int, ...] = ()  # activation widths with Ω_a on every layer; () if not profiled
     interactions: tuple[Interaction, ...] = ()  # cross-layer terms (sensitivity "perturbed_cross"); () if none
+    skipped: tuple[str, ...] = ()  # quantizable layers of the model left out by profile(layers=, exclude=): kept in float
 
     def __post_init__(self) -> None:
         names = [l.name for l in self.layers]
@@ -172,6 +173,7 @@ class Profile(JsonArtifact):
                 interactions=tuple(Interaction(str(it["a"]), str(it["b"]),
                                                tuple(tuple(float(v) for v in row) for row in it["terms"]))
                                    for it in d.get("interactions", ())),
+                skipped=tuple(str(n) for n in d.get("skipped", ())),
             )
             _check_loaded(prof)
             return prof
@@ -247,6 +249,8 @@ def profile(
     act_symmetric: bool = False,
     omega_trace: str = "upper",
     sensitivity: str = DEFAULT_SENSITIVITY,
+    layers: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] = (),
 ) -> Profile:
     """Per-layer Hessian traces (Hutchinson, Rademacher probes over all layers at once) and Ω(b).
 
@@ -274,6 +278,13 @@ def profile(
     same Ω, plus the cross-layer terms Δ_aᵀ G Δ_b of every pair of layers and widths (Gauss-Newton
     G; hawq.perturbation.perturbation_terms: one forward-mode product per layer and width per
     batch) as `interactions`, which solve() then optimises with Ω (a quadratic model of the loss).
+    `loss_fn`: the loss in any form hawq.batches.Objective takes: fn(output, target), fn(model,
+    batch), or None for the model's own `output.loss` (cross-entropy of the logits where it has
+    none); `data`: batches in any form of hawq.batches (tuples, dicts of tensors, ragged lengths).
+    `layers` / `exclude`: names or regular expressions (matched whole) of the Conv2d/Linear layers
+    to profile, and of those to leave out (a classifier head, say); the others are not profiled,
+    stay in float in every plan made from this profile (`Profile.skipped`), and their weights'
+    gradients are never needed. Default: every layer.
     """
     t0 = time.time()
     bits, a_bits = _widths(bits, "bits"), _widths(a_bits, "a_bits")
@@ -292,6 +303,8 @@ def profile(
         settings["omega_trace"] = omega_trace
     if a_bits:  # only then: profiles of weights alone keep their fingerprints
         settings.update(a_bits=list(a_bits), act_symmetric=act_symmetric)
+    if layers is not None or exclude:  # likewise: profiles of every layer keep theirs
+        settings.update(layers=None if layers is None else layer_keys(layers), exclude=layer_keys(exclude))
     fingerprints = {
         "weights": fingerprint_tensors(dict(model.state_dict())),
         "data": fingerprint_tensors({f"{i}.{j}": t for i, b in enumerate(batches) for j, t in enumerate(tensors(b))}),
@@ -302,7 +315,7 @@ def profile(
         if cached is not None:
             return cached
     folded = fold_bn(model).to(device).eval()
-    graph = trace_layers(folded, take(batches[0], 0, 1))
+    graph = select_layers(trace_layers(folded, take(batches[0], 0, 1)), layers, exclude)
     mods = dict(folded.named_modules())
     weights = {l.name: mods[l.name].weight for l in graph.layers}
     for w in weights.values():  # a frozen model (requires_grad=False) still has curvature; the copy is ours
@@ -353,7 +366,7 @@ def profile(
             on_round=None if act_checkpoint is None else lambda st: _save_checkpoint(act_checkpoint, fingerprints, st))
         unconverged += [f"{n} (input)" for n in act.unconverged]
         extra.update(act_engine=act.engine, act_probes=act.probes)
-    layers = []
+    rows = []
     for l in graph.layers:
         e = weight_stats[l.name]
         n_x = math.prod(l.in_shape)
@@ -362,10 +375,10 @@ def profile(
             a = act.layers[l.name]
             row.update(act_trace=a.mean, act_trace_se=a.se, act_sq_error=act_sq[l.name],
                        act_omega=omega_table(_checked_trace(l.name, " input", a, z), act_sq[l.name], n_x))
-        layers.append(LayerProfile(l.name, l.kind, l.weight_shape, l.params, l.macs, e.mean, e.se, e.n, sq[l.name],
+        rows.append(LayerProfile(l.name, l.kind, l.weight_shape, l.params, l.macs, e.mean, e.se, e.n, sq[l.name],
                                    omegas[l.name], **row))
-    result = Profile(tuple(layers), bits, graph.groups, tuple(unconverged), fingerprints, {**settings, "k": k, **extra},
-                     time.time() - t0, graph.residual, a_bits, interactions)
+    result = Profile(tuple(rows), bits, graph.groups, tuple(unconverged), fingerprints, {**settings, "k": k, **extra},
+                     time.time() - t0, graph.residual, a_bits, interactions, graph.skipped)
     if cache is not None and world()[0] == 0:
         result.save(cache)
         checkpoint.unlink(missing_ok=True)

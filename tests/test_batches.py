@@ -1,6 +1,7 @@
 """Batches and losses as users have them: tensors, tuples, dicts (Hugging Face style), ragged
 sequence lengths; losses on the output, on the model, or the model's own."""
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -237,3 +238,30 @@ def test_dict_batches_with_integer_ids_export_with_dynamic_batch_and_sequence(tm
         want = q(other["input_ids"], other["attention_mask"])["logits"].numpy()
     assert got.shape == want.shape == (1, 3)
     assert float(abs(got - want).max()) < 0.05 * float(abs(want).max()) + 1e-3
+
+
+def test_layer_selection_profiles_only_what_is_asked_and_leaves_the_rest_in_float(tmp_path):
+    torch.manual_seed(0)
+    model = TokenClassifier().eval()
+    model.requires_grad_(False)  # a frozen pretrained encoder
+    batches = ragged(2)
+    prof = hawq.profile(model, None, batches, bits=(4, 8), layers=r"q|k|v|out|head", exclude="head")
+    assert prof.names == ["q", "k", "v", "out"] and prof.skipped == ("head",)
+    assert prof.settings["layers"] == [r"q|k|v|out|head"] and prof.settings["exclude"] == ["head"]
+    prof.save(tmp_path / "p.json")
+    assert hawq.Profile.load(tmp_path / "p.json").skipped == ("head",)
+    assert not any(p.requires_grad for p in model.parameters())  # the caller's model is untouched
+    plan = hawq.solve(prof, hawq.Budget(avg_bits=6), hawq.SolveSpec(pins={}))
+    assert plan.float_layers == ("head",) and hawq.Plan.from_dict(plan.to_dict()).float_layers == ("head",)
+    q = hawq.quantize(model, plan, batches)
+    assert isinstance(q.head, nn.Linear) and type(q.q).__name__ == "QuantLayer"
+    every = hawq.profile(model, None, batches, bits=(4, 8))
+    assert "layers" not in every.settings and every.skipped == ()  # no selection: fingerprints as before
+    with pytest.raises(hawq.HawqError, match="plan leaves 1 quantizable layer"):
+        hawq.quantize(model, replace(plan, float_layers=()), batches)
+    with pytest.raises(ConfigError, match=r"layers \['nope'\] are not in the model"):
+        hawq.profile(model, None, batches, bits=(4, 8), layers=["nope"])
+    with pytest.raises(ConfigError, match="leave no layer"):
+        hawq.profile(model, None, batches, bits=(4, 8), exclude=".*")
+    with pytest.raises(ConfigError, match="strings"):
+        hawq.profile(model, None, batches, bits=(4, 8), layers=[3])

@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import hawq
 from hawq import cli
 from hawq.models import resnet20
 from hawq.recipe import default_recipe, load_recipe
@@ -89,6 +90,16 @@ def test_stage_by_stage(tiny, capsys):
 def test_user_errors_are_one_line(tiny, capsys, one_line_error, tmp_path):
     prof = tmp_path / "p.json"
     assert cli.main(["--quiet", "profile", str(tiny / "tiny.toml"), "--out", str(prof), "--max-probes", "2"]) == 0
+    capsys.readouterr()
+    part = tmp_path / "part.json"
+    one_line_error(["profile", str(tiny / "tiny.toml"), "--out", str(part), "--layers", "nope"], "nope", "accepted names")
+    assert not part.exists()
+    names = hawq.Profile.load(prof).names
+    assert cli.main(["--quiet", "profile", str(tiny / "tiny.toml"), "--out", str(part), "--exclude", names[-1]]) == 0
+    assert "kept in float: " + names[-1] in capsys.readouterr().out
+    assert hawq.Profile.load(part).names == names[:-1]
+    assert cli.main(["--quiet", "solve", str(part), "--avg-bits", "6", "--out", str(tmp_path / "pp.json")]) == 0
+    assert hawq.Plan.load(tmp_path / "pp.json").float_layers == (names[-1],)
     capsys.readouterr()
     one_line_error(["solve", str(prof), "--avg-bits", "1", "--out", str(tmp_path / "x.json")], "smallest feasible")
     assert not (tmp_path / "x.json").exists()

@@ -62,6 +62,8 @@ class Plan(JsonArtifact):
     loss_model: "quadratic" when omega holds the profile's cross-layer terms (and the ILP minimised
         them), "additive" when it is Σ Ω alone.
     cross_omega: the cross-layer part of omega (0 for the additive model).
+    float_layers: quantizable layers of the model the profile left out (profile(layers=, exclude=)):
+        not in `layers`, kept in float by the rewriter, not counted in the totals.
     """
 
     KIND, VERSION = FORMAT, VERSION
@@ -85,6 +87,7 @@ class Plan(JsonArtifact):
     solver: str = ""
     loss_model: str = "additive"
     cross_omega: float = 0.0
+    float_layers: tuple[str, ...] = ()
 
     def assignment(self) -> dict[str, tuple[int, int]]:
         """Layer name → (w_bits, a_bits), in profile order."""
@@ -117,6 +120,8 @@ class Plan(JsonArtifact):
         }
         if self.guard is not None:
             d["guard"] = self.guard
+        if self.float_layers:
+            d["float_layers"] = list(self.float_layers)
         return d
 
     @classmethod
@@ -149,6 +154,7 @@ class Plan(JsonArtifact):
                 pin_rules={_str(k): _pin_load(v) for k, v in d.get("pin_rules", {}).items()},
                 guard=guard, solver=_str(d.get("solver", "")),
                 loss_model=_str(d.get("loss_model", "additive")), cross_omega=_float(d.get("cross_omega", 0.0)),
+                float_layers=tuple(_str(n) for n in d.get("float_layers", ())),
             )
             _check_consistent(plan, d)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
@@ -225,6 +231,8 @@ def _check_consistent(plan: Plan, d: Mapping[str, Any]) -> None:
     names = [l.name for l in plan.layers]
     if not names or len(set(names)) != len(names):
         raise ValueError("layers must be non-empty with unique names")
+    if set(plan.float_layers) & set(names):
+        raise ValueError(f"float_layers {sorted(set(plan.float_layers) & set(names))} are also planned layers")
     for l in plan.layers:
         lo, hi = quant.MIN_BITS, quant.MAX_BITS
         if not (lo <= l.w_bits <= hi and (lo <= l.a_bits <= hi or l.a_bits == quant.WEIGHT_ONLY) and l.params >= 1):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 import numbers
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..errors import ArtifactError, ConfigError
+from ..graph import match_layers
 from ..quant import WEIGHT_ONLY
 from .mip import SOLVERS
 from .sizes import Cand, Pin, is_int
@@ -174,25 +174,13 @@ def resolve_pins(profile: Profile, pins: Mapping[str, Any] | str, cands: Sequenc
     """
     rules = default_pins(profile) if pins == DEFAULT_PINS else pins
     names = [l.name for l in profile.layers]
-    shown = f"{names[:8]}{' …' if len(names) > 8 else ''}"
     per_layer: dict[str, tuple[Pin, tuple[Cand, ...]]] = {}
     given: dict[str, Pin] = {}
     for key, raw in rules.items():
         if not isinstance(key, str):
             raise ConfigError(f"pin keys must be layer names or regular expressions, not {key!r}")
         v = _pin_value(key, raw)
-        if key in names:
-            hit = [key]
-        else:
-            try:
-                rx = re.compile(key)
-            except re.error as e:
-                raise ConfigError(f"pinned layers ['{key}'] is neither a layer name nor a valid regular expression ({e}); "
-                                  f"accepted names: {shown}") from e
-            hit = [n for n in names if rx.fullmatch(n)]
-        if not hit:
-            raise ConfigError(f"pinned layers ['{key}'] are not in the profile (no name matches it whole); "
-                              f"accepted names: {shown}")
+        hit = match_layers(key, names, "pinned layers")
         allowed = _pin_allowed(key, v, cands)
         given[key] = v
         per_layer.update({n: (v, allowed) for n in hit})

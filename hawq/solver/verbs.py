@@ -51,7 +51,8 @@ def make_plan(p: Problem, wa: Mapping[str, Cand], *, caps: Mapping[str, float], 
                 profile_fingerprint=profile_fingerprint(profile),
                 constraints=constraint_records(profile, wa, caps, p.latency),
                 candidates=p.cands, gap=gap, pin_rules=dict(p.pin_rules), solver=solver,
-                loss_model="quadratic" if p.quadratic else "additive", cross_omega=cross)
+                loss_model="quadratic" if p.quadratic else "additive", cross_omega=cross,
+                float_layers=profile.skipped)
 
 
 def budget_record(budget: Budget, caps: Mapping[str, float]) -> dict[str, Any]:
