@@ -186,9 +186,14 @@ def _macs(mod: nn.Module, out: torch.Tensor) -> int:
 
 
 def fold_bn(model: nn.Module) -> nn.Module:
-    """A copy of `model` in eval mode with every BatchNorm2d that directly follows a Conv2d folded
-    into it (the BN becomes Identity). The caller's model is unchanged."""
+    """A copy of `model` in eval mode, in the form hawq quantizes: every BatchNorm2d that directly
+    follows a Conv2d folded into it (the BN becomes Identity), and every linear layer stored with
+    its weight transposed (GPT-2's Conv1D) replaced by the nn.Linear it equals, under the same
+    name. The caller's model is unchanged."""
     model = copy.deepcopy(model).eval()
+    for name, m in list(model.named_modules()):
+        if is_transposed_linear(m):
+            set_module(model, name, as_linear(m))
     if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         return model  # nothing to fold (and no reason to trace, or to warn that tracing fails)
     try:
@@ -208,6 +213,26 @@ def fold_bn(model: nn.Module) -> nn.Module:
         _fold_into(mods[src.target], mods[node.target])
         set_module(model, node.target, nn.Identity())
     return model
+
+
+def is_transposed_linear(m: nn.Module) -> bool:
+    """A layer computing x @ W + b with W stored [in, out]: Hugging Face's Conv1D (GPT-2, GPT-J's
+    ancestors), recognised by its class name and shape, so that transformers need not be installed."""
+    w = getattr(m, "weight", None)
+    return (type(m).__name__ == "Conv1D" and isinstance(w, torch.Tensor) and w.dim() == 2
+            and getattr(m, "nf", None) == w.shape[1])
+
+
+@torch.no_grad()
+def as_linear(m: nn.Module) -> nn.Linear:
+    """The nn.Linear equal to a transposed-weight linear layer (see is_transposed_linear)."""
+    n_in, n_out = m.weight.shape
+    lin = nn.Linear(n_in, n_out, bias=m.bias is not None, device=m.weight.device, dtype=m.weight.dtype)
+    lin.weight.copy_(m.weight.T)
+    if m.bias is not None:
+        lin.bias.copy_(m.bias)
+    lin.requires_grad_(m.weight.requires_grad)
+    return lin
 
 
 @torch.no_grad()

@@ -33,7 +33,7 @@ from torch import nn
 
 from . import cpu, quant
 from .artifacts import atomic_path, write_json
-from .batches import model_inputs, num_samples, tree_map
+from .batches import logits_of, model_inputs, num_samples, tree_map
 from .errors import UnsupportedModelError, VerificationError
 from .legalize import BASE_OPSET, CONTAINER_BITS, INT2_OPSET, Change, LayerSpec, Legalized, container_for, legalize
 from .graph import set_module
@@ -221,6 +221,9 @@ def _export_float(qmodel: nn.Module, example: Any, opset: int) -> onnx.ModelProt
     if num_samples(example) < 2:
         example = tree_map(lambda t: t.repeat(2, *[1] * (t.dim() - 1)) if t.dim() else t, example)
     args, kwargs = model_inputs(example)
+    with torch.no_grad():
+        if not isinstance(fmodel(*args, **kwargs), torch.Tensor):
+            fmodel = _Predictions(fmodel).eval()
     auto = torch.export.Dim.AUTO
     one = isinstance(example, torch.Tensor)
     names = {"input_names": ["input"], "output_names": ["output"]} if one else {}
@@ -235,6 +238,24 @@ def _export_float(qmodel: nn.Module, example: Any, opset: int) -> onnx.ModelProt
     model = prog.model_proto
     _fold_castlike_constants(model)
     return model
+
+
+class _Predictions(nn.Module):
+    """A model whose output is not one tensor (a Hugging Face output with logits, a key-value
+    cache, hidden states), exported as its predictions alone (hawq.batches.logits_of). Its
+    children are registered under their own names, so the file's weights keep the model's names."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if any(True for _ in model.named_parameters(recurse=False)) or any(True for _ in model.named_buffers(recurse=False)):
+            raise UnsupportedModelError(f"{type(model).__name__} holds tensors of its own and returns no plain tensor; "
+                                        "wrap it so that it returns its predictions to export it")
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        self._forward = model.forward
+
+    def forward(self, *args, **kwargs):
+        return logits_of(self._forward(*args, **kwargs))
 
 
 def _fold_castlike_constants(model: onnx.ModelProto) -> None:

@@ -1,0 +1,103 @@
+"""Hugging Face transformers through the Python API, as a user has them: a model built from a
+config (random weights, offline), a DataLoader of dict batches, loss=None (the model's own)."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import hawq
+from hawq.graph import fold_bn
+
+transformers = pytest.importorskip("transformers")
+
+
+def token_batches(n_batches: int, size: int, vocab: int, labels: str, seed: int = 0) -> list[dict]:
+    """Dict batches of different sequence lengths, padded within each batch (attention mask)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n_batches):
+        t = 6 + 2 * i
+        lengths = torch.randint(3, t + 1, (size,), generator=g)
+        mask = (torch.arange(t)[None] < lengths[:, None]).long()
+        ids = torch.randint(1, vocab, (size, t), generator=g) * mask
+        lab = torch.randint(0, 3, (size,), generator=g) if labels == "class" else ids.masked_fill(mask == 0, -100)
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": lab})
+    return out
+
+
+def bert(attn: str = "sdpa"):
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, num_labels=3, max_position_embeddings=64,
+                                  attn_implementation=attn)
+    return transformers.BertForSequenceClassification(cfg).eval()
+
+
+def gpt2(attn: str = "sdpa"):
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=120, n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                                  attn_implementation=attn)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def test_the_readme_path_on_a_bert_classifier(tmp_path):
+    import onnxruntime as ort
+    model = bert()
+    data = [{k: v[i] for k, v in b.items()} for b in token_batches(1, 24, 120, "class") for i in range(24)]
+    loader = torch.utils.data.DataLoader(data, batch_size=8)  # the default collate: dicts of stacked tensors
+    prof = hawq.profile(model, None, loader)
+    assert len(prof.names) == 14 and prof.names[-1] == "classifier"
+    plan = hawq.solve(prof, hawq.Budget(avg_bits=4))
+    q = hawq.quantize(model, plan, loader)
+    rep = hawq.export_onnx(q, next(iter(loader)), tmp_path / "model.onnx",
+                           verify_inputs=token_batches(3, 4, 120, "class", seed=1))  # other lengths than the example
+    assert rep.verification.cosine > 0.999 and rep.verification.samples == 12
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.type) for i in sess.get_inputs()] == [("input_ids", "tensor(int64)"),
+                                                             ("attention_mask", "tensor(int64)")]
+    acc, loss = hawq.evaluate(q, loader)
+    assert 0 <= acc <= 1 and math.isfinite(loss)
+
+
+def test_gpt2_conv1d_layers_are_profiled_as_the_linear_layers_they_are(tmp_path):
+    model = gpt2()
+    folded = fold_bn(model)
+    assert isinstance(folded.transformer.h[0].attn.c_attn, nn.Linear)
+    assert type(model.transformer.h[0].attn.c_attn).__name__ == "Conv1D"  # the caller's model unchanged
+    batches = token_batches(3, 4, 120, "lm")
+    with torch.no_grad():
+        for b in batches:
+            assert torch.allclose(model(**b).logits, folded(**b).logits, atol=1e-5)
+    prof = hawq.profile(model, None, batches, bits=(2, 4, 8))
+    assert prof.names[:4] == [f"transformer.h.0.{n}" for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+    assert prof.layers[0].weight_shape == (96, 32)  # [out, in], as nn.Linear stores it
+    plan = hawq.guarded_solve(prof, hawq.Budget(avg_bits=5), model=model, data=batches, count=1)
+    q = hawq.quantize(model, plan, batches)
+    acc, loss = hawq.evaluate(q, batches)  # token accuracy, padding (-100) skipped
+    assert 0 <= acc <= 1 and math.isfinite(loss)
+    rep = hawq.export_onnx(q, batches[0], tmp_path / "gpt2.onnx", verify_inputs=batches)  # logits only, no KV cache
+    assert rep.verification.cosine > 0.999 and rep.verification.samples == 4 * (6 + 8 + 10)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_hessian_traces_go_through_every_attention_implementation(attn):
+    batches = token_batches(2, 4, 120, "class")
+    prof = hawq.profile(bert(attn), None, batches, bits=(4, 8), sensitivity="trace", max_probes=4, min_probes=4)
+    assert all(math.isfinite(l.trace) for l in prof.layers) and prof.settings["probes"] == 4
+    ref = hawq.profile(bert("eager"), None, batches, bits=(4, 8), sensitivity="trace", max_probes=4, min_probes=4,
+                       engine=prof.settings["engine"])
+    for a, b in zip(prof.layers, ref.layers):  # the same probes on the same model: the same traces
+        assert a.trace == pytest.approx(b.trace, rel=1e-3, abs=1e-6)
+
+
+def test_a_frozen_encoder_with_its_head_left_out():
+    model = bert()
+    model.requires_grad_(False)
+    batches = token_batches(2, 6, 120, "class")
+    prof = hawq.profile(model, None, batches, bits=(4, 8), exclude=["classifier", r"bert\.pooler\..*"],
+                        sensitivity="trace", max_probes=4, min_probes=4)
+    assert prof.skipped == ("bert.pooler.dense", "classifier") and len(prof.names) == 12
+    plan = hawq.solve(prof, hawq.Budget(avg_bits=6), hawq.SolveSpec(pins={}))
+    q = hawq.quantize(model, plan, batches)
+    assert isinstance(q.classifier, nn.Linear)
