@@ -82,6 +82,15 @@ def model_inputs(batch: Any, *, with_labels: bool = False) -> tuple[tuple, dict]
     raise DataError(f"a batch must be a tensor, a tuple (inputs..., target) or a dict of tensors, not {type(batch).__name__}")
 
 
+def features(batch: Any) -> Any:
+    """`batch` without its target: a tensor as it is, a tuple's inputs (one tensor, or a tuple of
+    several), a mapping without its labels."""
+    args, kwargs = model_inputs(batch)
+    if kwargs or not args:
+        return kwargs
+    return args[0] if len(args) == 1 else args
+
+
 def first_input(batch: Any) -> torch.Tensor:
     """The first tensor the model is called with (its device and batch size are the batch's)."""
     args, kwargs = model_inputs(batch)
@@ -130,6 +139,17 @@ def logits_of(output: Any) -> torch.Tensor:
         return output[0]
     raise ConfigError(f"cannot find the predictions in the model's output ({type(output).__name__}); "
                       "return a tensor or an object with .logits, or pass loss=fn(model, batch)")
+
+
+def aligned(z: torch.Tensor, target: torch.Tensor | None, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits and labels paired for the default loss and the accuracy. Labels that repeat the
+    batch's `input_ids` (-100 aside) are next-token labels, the Hugging Face convention for causal
+    language models: the logits at t are paired with the label at t + 1, as the model's own loss does."""
+    ids = batch.get("input_ids") if isinstance(batch, Mapping) else None
+    if (target is None or ids is None or target.shape != ids.shape or target.dim() != 2 or z.dim() != 3
+            or not bool(((target == ids) | (target == IGNORE_INDEX)).all())):
+        return z, target
+    return z[:, :-1], target[:, 1:]
 
 
 def default_loss(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -219,7 +239,9 @@ class Objective:
         if target is None:
             raise DataError("the loss needs labels: give (inputs, target) batches or a dict with 'labels', "
                             "or pass loss=fn(model, batch)")
-        return (self.fn or default_loss)(z, target)
+        if self.fn is not None:
+            return self.fn(z, target)
+        return default_loss(*aligned(z, target, batch))
 
 
 def checked(loss: Any, *, finite: bool = True) -> torch.Tensor:
@@ -282,7 +304,7 @@ def evaluate(model: nn.Module, data: Any, batch_size: int = 500, loss: Any = Non
         for batch in data:
             value, z = objective.loss_and_logits(model, batch)
             losses.append((float(value), num_samples(batch)))
-            h, c = correct(z, labels(batch))
+            h, c = correct(*aligned(z, labels(batch), batch))
             hits, counted = hits + h, counted + c
     finally:
         model.train(was_training)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.nn import functional as F
 
 import hawq
 from hawq.target import ORT_INT8, TARGETS
@@ -95,7 +94,7 @@ def cmd_profile(a) -> None:
     model, (batches, _) = hawq.load_model(r), hawq.load_data(r)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # under torchrun
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    prof = hawq.profile(model, F.cross_entropy, batches, _or(a.bits, r.profile_bits), rel_tol=_or(a.rel_tol, r.rel_tol),
+    prof = hawq.profile(model, None, batches, _or(a.bits, r.profile_bits), rel_tol=_or(a.rel_tol, r.rel_tol),
                         max_probes=_or(a.max_probes, r.max_probes), seed=_or(a.seed, r.seed),
                         probes_per_batch=_or(a.probes_per_batch, r.probes_per_batch), engine=a.engine,
                         progress=not a.quiet, cache=a.out, a_bits=_or(a.a_bits, ()),
@@ -164,7 +163,7 @@ def cmd_quantize(a) -> None:
     target = hawq.Target(a.target or r.target, "reduce-range" if a.reduce_range else r.int8)
     q = hawq.quantize(model, plan, batches, target=target)
     acc, loss = hawq.evaluate(q, ev)
-    hawq.save_qmodel(a.out, q, batches[0][0], hawq.recipe_arch(r), plan.to_dict())
+    hawq.save_qmodel(a.out, q, hawq.features(batches[0]), hawq.recipe_arch(r), plan.to_dict())
     print(f"{plan.label}: accuracy {acc:.4f} (loss {loss:.4f}) on {len(ev)} images -> {a.out}")
 
 
@@ -208,6 +207,9 @@ def cmd_finetune(a) -> None:
     if a.checkpoint:
         hawq.check_output(a.checkpoint)
     r = _recipe(a.recipe)
+    if r.family == "hf":
+        raise hawq.HawqError(f"hawq finetune trains the image recipes' classifiers; {r.name} is a Hugging Face model: "
+                             "fine-tune its fake-quant model (hawq.quantize) with your own training loop")
     plan = hawq.Plan.load(a.plan)
     model, (batches, ev) = hawq.load_model(r), hawq.load_data(r)
     train = _train_batches(a, r, batches)
@@ -221,7 +223,8 @@ def cmd_finetune(a) -> None:
                         checkpoint_every=a.checkpoint_every, seed=r.seed if a.seed is None else a.seed,
                         progress=not a.quiet)
     acc1, loss1 = hawq.evaluate(res.model, ev)
-    hawq.save_qmodel(a.out, res.model, batches[0][0], hawq.recipe_arch(r), plan.to_dict(), {"finetune": res.summary()})
+    hawq.save_qmodel(a.out, res.model, hawq.features(batches[0]), hawq.recipe_arch(r), plan.to_dict(),
+                     {"finetune": res.summary()})
     gap = fp_acc - acc0
     recovered = f", {100 * (acc1 - acc0) / gap:.0f}% of the gap to fp32 recovered" if gap > 0 else ""
     resumed = "" if res.resumed_from is None else f", resumed from step {res.resumed_from}"
@@ -234,7 +237,7 @@ def cmd_export(a) -> None:
     hawq.check_output(Path(a.out).parent / "verify.json")
     f = hawq.load_qmodel(a.qmodel, build=hawq.build_arch)
     q, x = f.model, f.inputs
-    rep = hawq.export_onnx(q, x[:1], a.out, target=a.target, verify=not a.no_verify, opset=a.opset, verify_inputs=x,
+    rep = hawq.export_onnx(q, hawq.take(x, 0, 1), a.out, target=a.target, verify=not a.no_verify, opset=a.opset, verify_inputs=x,
                            int8=a.int8)  # None: what the model was quantized for
     print(rep.summary())
     d = {k: v for k, v in rep.to_dict().items() if k not in ("layers", "changes")}
@@ -263,7 +266,7 @@ def cmd_latency(a) -> None:
     r = _recipe(a.recipe)
     model, (batches, _) = hawq.load_model(r), hawq.load_data(r)
     bits = a.bits or r.candidates
-    table = hawq.measure_latency(model, batches[0][0], [(w, a.a_bits) for w in bits], target=a.target, batch=a.batch,
+    table = hawq.measure_latency(model, hawq.features(batches[0]), [(w, a.a_bits) for w in bits], target=a.target, batch=a.batch,
                                  repeats=a.repeats, threads=a.threads, cache=a.out)
     cands = sorted({c for row in table.ms.values() for c in row})
     print(f"{'layer':<24}" + "".join(f"{f'W{w}A{x} ms':>12}" for w, x in cands))

@@ -25,6 +25,7 @@ from torch import nn
 
 from .artifacts import JsonArtifact, fingerprint_tensors
 from .errors import ArtifactError, ConfigError
+from .batches import model_inputs, take
 from .graph import fold_bn, trace_layers
 from .onnx_export import export_onnx
 from .onnx_verify import ort_session
@@ -119,14 +120,14 @@ class LatencyTable(JsonArtifact):
 
 
 @torch.no_grad()
-def _layer_inputs(model: nn.Module, example_input: torch.Tensor) -> dict[str, torch.Tensor]:
+def _layer_inputs(model: nn.Module, example_input) -> dict[str, torch.Tensor]:
     """Each quantizable layer's input on `example_input`, in the BN-folded model.
 
     model: the float model.
-    example_input: a batch.
+    example_input: a batch in any form of hawq.batches (a tensor, (x, y), a dict of token ids).
     """
     folded = fold_bn(model).eval()
-    names = trace_layers(folded, example_input[:1]).names
+    names = trace_layers(folded, take(example_input, 0, 1)).names
     seen: dict[str, torch.Tensor] = {}
 
     def keep(name: str):
@@ -135,15 +136,16 @@ def _layer_inputs(model: nn.Module, example_input: torch.Tensor) -> dict[str, to
         return hook
 
     hooks = [folded.get_submodule(n).register_forward_hook(keep(n)) for n in names]
+    args, kwargs = model_inputs(example_input)
     try:
-        folded(example_input)
+        folded(*args, **kwargs)
     finally:
         for h in hooks:
             h.remove()
     return {n: seen[n] for n in names}
 
 
-def measure_latency(model: nn.Module, example_input: torch.Tensor, candidates: Sequence[tuple[int, int]], *,
+def measure_latency(model: nn.Module, example_input, candidates: Sequence[tuple[int, int]], *,
                     target: str = "ort-cpu", batch: int = 1, repeats: int = 30, warmup: int = 5, threads: int = 1,
                     cache: str | Path | None = None) -> LatencyTable:
     """Time every quantizable layer alone at every candidate in ONNX Runtime on this machine.

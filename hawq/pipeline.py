@@ -9,16 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from . import data as fmnist  # the embedded Fashion-MNIST data
 from .artifacts import write_json
-from .batches import evaluate
+from .batches import evaluate, take
 from .errors import ArtifactError
 from .frontier import Frontier, pareto
 from .frontier_plot import write_frontier
 from .guard import GuardCache, guarded_solve, quantize_plan
-from . import zoo
+from . import hf, zoo
 from .models import BUILDERS, checkpoint_path, load_checkpoint
 from .onnx_export import ExportReport, export_onnx
 from .recipe import Recipe
@@ -70,6 +69,8 @@ def load_model(recipe: Recipe) -> torch.nn.Module:
     """The recipe's model in eval mode: an embedded Fashion-MNIST model (hawq.models) or a
     torchvision one (hawq.zoo), with the weights the recipe names ("random": seeded by its seed)."""
     recipe.check_inputs()
+    if recipe.family == "hf":
+        return hf.build(recipe.model, recipe.checkpoint, seed=recipe.seed)
     if recipe.family == "torchvision":
         return zoo.build(recipe.model, recipe.checkpoint, seed=recipe.seed)
     if recipe.checkpoint == "random":
@@ -93,14 +94,22 @@ def build_arch(arch: dict[str, str]) -> torch.nn.Module:
         return zoo.seeded(BUILDERS[name], 0).eval()
     if family == "torchvision" and name in zoo.MODELS:
         return zoo.build(name, "random")
+    if family == "hf" and name in hf.MODELS:
+        return hf.build(name, "random")
     raise ArtifactError(f"unknown architecture {arch!r}; a file made by `hawq quantize` names an embedded model "
                         f"({', '.join(BUILDERS)}) or a torchvision one ({', '.join(zoo.MODELS)})")
 
 
 def load_data(recipe: Recipe):
     """(calibration batches, evaluation data: a dataset, or re-iterable (x, y) batches whose len()
-    is the image count)."""
+    is the image count; for a Hugging Face model, lists of dict batches)."""
     recipe.check_inputs()
+    if recipe.family == "hf":
+        if recipe.data_dir == "synthetic":
+            return hf.synthetic_data(recipe.model, recipe.checkpoint, recipe.n_calibration, recipe.n_evaluation,
+                                     recipe.batch_size, recipe.seed)
+        return hf.jsonl_data(recipe.model, recipe.data_dir, recipe.checkpoint, recipe.n_calibration,
+                             recipe.n_evaluation, recipe.batch_size)
     if recipe.family == "torchvision":
         if recipe.data_dir == "synthetic":
             return zoo.synthetic_data(recipe.n_calibration, recipe.n_evaluation, recipe.batch_size, recipe.seed)
@@ -145,7 +154,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, l
     batches, ev = load_data(recipe)
     out.mkdir(parents=True, exist_ok=True)  # only now: a bad checkpoint or data folder leaves no empty folder
     log_fn(f"profiling {len(batches)} calibration batches ...")
-    prof = profile(model, F.cross_entropy, batches, recipe.profile_bits, rel_tol=recipe.rel_tol,
+    prof = profile(model, None, batches, recipe.profile_bits, rel_tol=recipe.rel_tol,
                    max_probes=recipe.max_probes, seed=recipe.seed, probes_per_batch=recipe.probes_per_batch, engine=recipe.engine, progress=progress, cache=out / "profile.json",
                    omega_trace=recipe.omega_trace, sensitivity=recipe.sensitivity)
     log_fn(f"profile: {len(prof.layers)} layers, {prof.effort}, {prof.seconds:.0f} s"
@@ -170,8 +179,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, progress: bool = False, l
             rows.append(Row(method, bits, acc, loss, plan.weight_bytes, plan.avg_bits, name))
             log_fn(f"{name:>12}: accuracy {acc:.4f}, {plan.weight_bytes / 1e6:.4f} MB, {plan.avg_bits:.2f} bits")
     export_name = [k for k in plans if k.startswith("mixed")][recipe.export_budget]
-    report = export_onnx(qmodels[export_name], batches[0][0][:1], out / "model.onnx", target=recipe.target, opset=recipe.opset,
-                         verify_inputs=[x for x, _ in batches], int8=recipe.int8)
+    report = export_onnx(qmodels[export_name], take(batches[0], 0, 1), out / "model.onnx", target=recipe.target,
+                         opset=recipe.opset, verify_inputs=batches, int8=recipe.int8)
     frontier = pareto(prof, recipe_spec(recipe), chosen=plans[export_name])
     write_frontier(frontier, out, recipe.name)
     result = RunResult(rows, plans, prof, report, time.time() - t0, frontier)

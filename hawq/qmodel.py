@@ -21,6 +21,7 @@ from torch import nn
 
 from . import quant
 from .artifacts import atomic_path
+from .batches import tree_map
 from .errors import ArtifactError
 from .graph import QUANTIZABLE, fold_bn, set_module
 from .rewrite import QuantLayer, quant_layers
@@ -60,14 +61,14 @@ def _layer_header(m: QuantLayer) -> dict[str, Any]:
     return d
 
 
-def save_qmodel(path: str | Path, model: nn.Module, inputs: torch.Tensor, arch: dict[str, str],
+def save_qmodel(path: str | Path, model: nn.Module, inputs: torch.Tensor | dict[str, torch.Tensor], arch: dict[str, str],
                 plan: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
     """Write a fake-quant model (from `hawq.quantize` or `hawq.finetune`) atomically.
 
     path: the file.
     model: the fake-quant model; every QuantLayer calibrated, none in training mode (freeze() first).
-    inputs: example input batch.
-    arch: {"name": model name, "family": "embedded" or "torchvision"}, to rebuild it from.
+    inputs: example input batch: a tensor, or a dict of keyword inputs (token ids, attention mask).
+    arch: {"name": model name, "family": "embedded", "torchvision" or "hf"}, to rebuild it from.
     plan: Plan.to_dict() of the plan it was quantized by.
     extra: more JSON to record.
     """
@@ -77,11 +78,18 @@ def save_qmodel(path: str | Path, model: nn.Module, inputs: torch.Tensor, arch: 
     target = getattr(model, "hawq_target", Target())
     header = {"format": FORMAT, "arch": dict(arch), "plan": plan, "extra": dict(extra or {}), "target": target.to_dict(),
               "layers": {n: _layer_header(m) for n, m in layers.items()}}
-    blob = {"header": json.dumps(header, allow_nan=True), "inputs": inputs.detach().cpu(),
+    if not _inputs_ok(inputs):
+        raise ArtifactError(f"inputs must be a tensor or a dict of tensors, not {type(inputs).__name__}")
+    blob = {"header": json.dumps(header, allow_nan=True), "inputs": tree_map(lambda t: t.detach().cpu(), inputs),
             "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)
     return Path(path)
+
+
+def _inputs_ok(inputs: Any) -> bool:
+    return isinstance(inputs, torch.Tensor) or (isinstance(inputs, dict) and bool(inputs) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in inputs.items()))
 
 
 def _read(path: Path) -> tuple[dict[str, Any], torch.Tensor, dict[str, torch.Tensor]]:
@@ -94,7 +102,7 @@ def _read(path: Path) -> tuple[dict[str, Any], torch.Tensor, dict[str, torch.Ten
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, ImportError) as e:
         raise ArtifactError(f"{path} is not a hawq quantized model: not a torch file of tensors alone "
                             f"({e.__class__.__name__}; objects beyond tensors are never loaded); {advice}") from None
-    if not (isinstance(blob, dict) and isinstance(blob.get("header"), str) and isinstance(blob.get("inputs"), torch.Tensor)
+    if not (isinstance(blob, dict) and isinstance(blob.get("header"), str) and _inputs_ok(blob.get("inputs"))
             and isinstance(blob.get("state"), dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                              for k, v in blob["state"].items())):
         raise ArtifactError(f"{path} is not a {FORMAT} file (header, inputs and state tensors); {advice}")

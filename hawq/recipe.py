@@ -1,8 +1,9 @@
 """Recipes: one TOML file per ready-made job (model, data, bits, budgets, export).
 
-Two families of models: the embedded ones for 1x28x28 Fashion-MNIST (hawq.models, with their
-checkpoints and the test split inside the package) and torchvision's ImageNet architectures
-(hawq.zoo: the user's state_dict or torchvision's download, an ImageNet-style folder).
+Three families of models: the embedded ones for 1x28x28 Fashion-MNIST (hawq.models, with their
+checkpoints and the test split inside the package), torchvision's ImageNet architectures
+(hawq.zoo: the user's state_dict or torchvision's download, an ImageNet-style folder) and small
+Hugging Face transformers (hawq.hf: a save_pretrained folder, a JSON-lines file of texts).
 `Recipe.smoke()` shrinks any recipe to a run that needs no checkpoint and no data set.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ else:  # pragma: no cover
 
 from .errors import ConfigError
 from .hessian import ENGINES
+from .hf import MODELS as HF_MODELS
 from .models import BUILDERS, checkpoint_path
 from .sensitivity import DEFAULT_SENSITIVITY, OMEGA_TRACES, SENSITIVITIES
 from .solver import BUDGET_UNITS
@@ -27,10 +29,10 @@ from .zoo import MODELS as TORCHVISION_MODELS
 # a recipe budget: a uniform plan's width (the mixed plan gets its size), or a weight-size limit
 BUDGET_KEYS = ("uniform_bits", *BUDGET_UNITS["weight_bits"])
 EMBEDDED_MODELS = tuple(BUILDERS)
-MODELS = EMBEDDED_MODELS + TORCHVISION_MODELS
+MODELS = EMBEDDED_MODELS + TORCHVISION_MODELS + tuple(HF_MODELS)
 # the keywords each family takes for [model] weights and [data] folder; anything else is a path
-WEIGHT_WORDS = {"embedded": ("embedded", "random"), "torchvision": ("torchvision", "random")}
-DATA_WORDS = {"embedded": ("embedded", "download"), "torchvision": ("synthetic",)}
+WEIGHT_WORDS = {"embedded": ("embedded", "random"), "torchvision": ("torchvision", "random"), "hf": ("random",)}
+DATA_WORDS = {"embedded": ("embedded", "download"), "torchvision": ("synthetic",), "hf": ("synthetic",)}
 KEYS = {
     "model": ("name", "weights", "checkpoint"),
     "data": ("folder", "calibration", "evaluation", "batch_size"),
@@ -75,8 +77,9 @@ class Recipe:
 
     @property
     def family(self) -> str:
-        """"embedded" (1x28x28 Fashion-MNIST models) or "torchvision" (3x224x224 ImageNet models)."""
-        return "embedded" if self.model in EMBEDDED_MODELS else "torchvision"
+        """"embedded" (1x28x28 Fashion-MNIST models), "torchvision" (3x224x224 ImageNet models) or
+        "hf" (Hugging Face transformers fed token ids, hawq.hf)."""
+        return family_of(self.model)
 
     def smoke(self) -> Recipe:
         """The same job shrunk so that every stage runs in seconds to a minute, needing no
@@ -89,7 +92,8 @@ class Recipe:
         tv = self.family == "torchvision"
         cheap = "perturbed" if tv and self.sensitivity == "perturbed_cross" else self.sensitivity
         return replace(self, name=f"{self.name}-smoke", checkpoint="random",
-                       data_dir="synthetic" if tv else "embedded", n_calibration=4 if tv else 8, n_evaluation=8,
+                       data_dir="embedded" if self.family == "embedded" else "synthetic",
+                       n_calibration=4 if tv else 8, n_evaluation=8,
                        batch_size=4, max_probes=2, probes_per_batch=2,
                        engine=SMOKE_ENGINE if self.engine == "auto" else self.engine,
                        budgets=(self.budgets[self.export_budget],), export_budget=0, sensitivity=cheap)
@@ -98,6 +102,9 @@ class Recipe:
         """Raise a ConfigError naming what to set when the weights file or the data folder the
         recipe points to does not exist (e.g. a ready-made recipe's placeholder paths)."""
         missing = []
+        if self.family == "hf":
+            self._check_hf_inputs()
+            return
         if self.checkpoint == "embedded" and not checkpoint_path(self.model).is_file():
             missing.append(f"[model] checkpoint to a state_dict file (this hawq has no embedded {self.model} checkpoint)")
         elif self.checkpoint not in WEIGHT_WORDS[self.family] and not Path(self.checkpoint).is_file():
@@ -110,6 +117,28 @@ class Recipe:
             missing.append(f"[data] folder to {what} (now {self.data_dir!r}, not found)")
         if missing:
             raise ConfigError(f"recipe {self.name}: set {' and '.join(missing)}; or run it with --smoke")
+
+    def _check_hf_inputs(self) -> None:
+        """check_inputs for a Hugging Face model: a save_pretrained folder or "random"; data
+        "synthetic" or a JSON-lines file, which needs the folder's tokenizer."""
+        missing = []
+        if self.checkpoint != "random" and not Path(self.checkpoint).is_dir():
+            missing.append(f'[model] checkpoint to a folder saved by save_pretrained or "random" '
+                           f"(now {self.checkpoint!r}, not found)")
+        if self.data_dir != "synthetic" and not Path(self.data_dir).is_file():
+            missing.append(f'[data] folder to a JSON-lines file of {{"text": ..., "label": ...}} or "synthetic" '
+                           f"(now {self.data_dir!r}, not found)")
+        elif self.data_dir != "synthetic" and self.checkpoint == "random":
+            missing.append("[model] checkpoint to the folder whose tokenizer reads the texts of [data] folder")
+        if missing:
+            raise ConfigError(f"recipe {self.name}: set {' and '.join(missing)}; or run it with --smoke")
+
+
+def family_of(model: str) -> str:
+    """The family of a known model name (see Recipe.family)."""
+    if model in HF_MODELS:
+        return "hf"
+    return "embedded" if model in EMBEDDED_MODELS else "torchvision"
 
 
 def _get(table: dict, key: str, kind, default, where: str):
@@ -178,6 +207,9 @@ def _data_folder(da: dict, model: str, family: str) -> str:
     if family == "torchvision" and "folder" not in da:
         raise ConfigError(f"{model} needs [data] folder: an ImageNet-style folder (one subfolder of images per class), "
                           'or "synthetic" for random images')
+    if family == "hf" and "folder" not in da:
+        raise ConfigError(f'{model} needs [data] folder: a JSON-lines file of {{"text": ..., "label": ...}}, '
+                          'or "synthetic" for random token ids')
     return _get(da, "folder", str, "embedded", "data")
 
 
@@ -213,7 +245,7 @@ def load_recipe(path: str | Path) -> Recipe:
     model = _get(m, "name", str, "resnet20", "model")
     if model not in MODELS:
         raise ConfigError(f"model.name {model!r} is not known; accepted: {', '.join(MODELS)}")
-    family = "embedded" if model in EMBEDDED_MODELS else "torchvision"
+    family = family_of(model)
     name = d.get("name", p.stem)
     if not isinstance(name, str) or not name:
         raise ConfigError(f"recipe {p}: name must be a non-empty string, not {name!r}")

@@ -101,3 +101,21 @@ def test_a_frozen_encoder_with_its_head_left_out():
     plan = hawq.solve(prof, hawq.Budget(avg_bits=6), hawq.SolveSpec(pins={}))
     q = hawq.quantize(model, plan, batches)
     assert isinstance(q.classifier, nn.Linear)
+
+
+def test_a_language_models_accuracy_and_default_loss_are_next_token():
+    model = gpt2()
+    batches = token_batches(2, 4, 120, "lm")
+    own = sum(float(model(**b).loss) * 4 for b in batches) / 8
+    acc, loss = hawq.evaluate(model, batches)
+    assert loss == pytest.approx(own, rel=1e-5)
+    with torch.no_grad():
+        hits = sum(int(((model(**b).logits[:, :-1].argmax(-1) == b["labels"][:, 1:]) & (b["labels"][:, 1:] != -100)).sum())
+                   for b in batches)
+    assert acc == hits / sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    logits_only = hawq.Objective(None)  # a model without its own loss: the default loss shifts likewise
+    b = batches[0]
+    with torch.no_grad():
+        want = model(**b).loss
+        z = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    assert float(logits_only.tail(z, b)) == pytest.approx(float(want), rel=1e-5)
