@@ -132,6 +132,9 @@ HVP_ENGINES = {"double_backward": double_backward, "double_backward_batched": do
                "jvp_vmap": jvp_vmap}
 
 
+_SAID_SDPA = False  # hvp_context's one log line, once a process
+
+
 @contextlib.contextmanager
 def hvp_context():
     """Attention through the math kernel (fused SDPA kernels have no double backward)."""
@@ -140,6 +143,11 @@ def hvp_context():
     except ImportError:  # older torch
         yield
         return
+    global _SAID_SDPA
+    if not _SAID_SDPA:
+        log.info("Hessian products: scaled_dot_product_attention runs on its math kernel while they run (fused "
+                 "kernels have no double-backward or forward-mode rules); the model's own choice is restored after")
+        _SAID_SDPA = True
     with sdpa_kernel(SDPBackend.MATH):
         yield
 

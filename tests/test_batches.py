@@ -14,7 +14,8 @@ from hawq.batches import Objective, concat, evaluate, num_samples, take
 from hawq.errors import ConfigError, DataError
 from hawq.guard import GuardCache, split_calibration
 from hawq.hessian import HVP_ENGINES, rademacher
-from hawq.models import vit_fashion
+from hawq.data import load_split
+from hawq.models import load_embedded, vit_fashion
 from hawq.perturbation import perturbation_terms
 
 
@@ -158,10 +159,10 @@ def test_hvp_engines_agree_on_dict_and_tuple_batches(engine):
 
 @pytest.mark.parametrize("sensitivity", ["perturbed", "trace"])
 def test_the_dict_api_gives_the_tensor_apis_profile_and_plan(sensitivity):
-    torch.manual_seed(0)
-    vit = vit_fashion().eval()
-    g = torch.Generator().manual_seed(1)
-    tuples = [(torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(2)]
+    """The embedded ViT (its checkpoint, 16 embedded test images) through both APIs."""
+    vit = load_embedded("vit_fashion")
+    x, y = load_split("test")
+    tuples = [(x[:8], y[:8]), (x[8:16], y[8:16])]
     dicts = [{"pixel_values": x, "labels": y} for x, y in tuples]
     kw = dict(bits=(2, 4, 8), sensitivity=sensitivity, max_probes=8, min_probes=8, engine="jvp_vmap")
     a = hawq.profile(vit, nn.CrossEntropyLoss(), tuples, **kw)

@@ -49,6 +49,9 @@ def test_the_readme_path_on_a_bert_classifier(tmp_path):
     prof = hawq.profile(model, None, loader)
     assert len(prof.names) == 14 and prof.names[-1] == "classifier"
     plan = hawq.solve(prof, hawq.Budget(avg_bits=4))
+    tied = hawq.solve(prof, hawq.Budget(avg_bits=4), hawq.SolveSpec(ties="inputs"))  # Q, K, V read one input
+    assert len(tied.ties) == 2 and all(len({tied.assignment()[n] for n in t}) == 1 for t in tied.ties)
+    assert all(n.endswith(("query", "key", "value")) for t in tied.ties for n in t)
     q = hawq.quantize(model, plan, loader)
     rep = hawq.export_onnx(q, next(iter(loader)), tmp_path / "model.onnx",
                            verify_inputs=token_batches(3, 4, 120, "class", seed=1))  # other lengths than the example
