@@ -76,9 +76,36 @@ class Perturbation:
 CURVATURES = ("ggn", "hessian")
 
 
+@dataclass
+class TermsState:
+    """The sums perturbation_terms has made over its first `batches` batches (the curvature not
+    yet symmetrised): the whole state of a run, so it can be checkpointed and resumed."""
+
+    names: tuple[str, ...]
+    bits: tuple[int, ...]
+    batches: int
+    linear: torch.Tensor
+    curvature: torch.Tensor
+
+    def to_dict(self) -> dict:
+        return {"names": list(self.names), "bits": list(self.bits), "batches": self.batches,
+                "linear": self.linear.tolist(), "curvature": self.curvature.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TermsState":
+        names, bits = tuple(str(n) for n in d["names"]), tuple(int(b) for b in d["bits"])
+        J = len(names) * len(bits)
+        linear = torch.tensor([float(v) for v in d["linear"]], dtype=torch.float64)
+        curv = torch.tensor([[float(v) for v in row] for row in d["curvature"]], dtype=torch.float64)
+        if linear.shape != (J,) or curv.shape != (J, J):
+            raise ValueError(f"terms of shape {tuple(linear.shape)} and {tuple(curv.shape)}, expected ({J},) and ({J}, {J})")
+        return cls(names, bits, int(d["batches"]), linear, curv)
+
+
 def perturbation_terms(model: nn.Module, loss_fn: Callable, batches: Sequence, layers: Mapping[str, nn.Module],
                        bits: Sequence[int], *, curvature: str = "ggn", weight_method: str = "mse", chunk: int = 8,
-                       progress: Callable[[int, int], None] | None = None) -> Perturbation:
+                       progress: Callable[[int, int], None] | None = None, state: TermsState | None = None,
+                       on_batch: Callable[[TermsState], None] | None = None) -> Perturbation:
     """The linear and quadratic terms of the loss change for every (layer, width).
 
     curvature: "ggn", the generalised Gauss-Newton matrix JᵀH_zJ (H_z: the loss's Hessian in the
@@ -95,6 +122,8 @@ def perturbation_terms(model: nn.Module, loss_fn: Callable, batches: Sequence, l
     weight_method: the weight quantizer's scale search, as the rewriter uses it.
     chunk: directions per batched Hessian-vector product (memory grows with it).
     progress: called with (done, total) products after each chunk.
+    state: resume from a checkpoint (an interrupted run's TermsState, same layers and widths);
+    on_batch(state): called after each batch (to checkpoint it).
     """
     if curvature not in CURVATURES:
         raise ConfigError(f"curvature must be one of {', '.join(CURVATURES)}, not {curvature!r}")
@@ -111,8 +140,11 @@ def perturbation_terms(model: nn.Module, loss_fn: Callable, batches: Sequence, l
     rounding = _rounding(layers, bits, weight_method)
     deltas = [torch.stack([rounding[n][b] for b in bits]) for n in names]  # per layer: [B, *shape] of Q_b(W) − W
     B, J = len(bits), len(names) * len(bits)
-    linear = torch.zeros(J, dtype=torch.float64)
-    curv = torch.zeros(J, J, dtype=torch.float64)
+    if state is None:
+        state = TermsState(names, bits, 0, torch.zeros(J, dtype=torch.float64), torch.zeros(J, J, dtype=torch.float64))
+    elif (state.names, state.bits) != (names, bits) or not 0 <= state.batches <= len(batches):
+        raise ConfigError("the checkpoint of the second-order terms was made for other layers, widths or data")
+    linear, curv = state.linear, state.curvature
     total = sum(num_samples(b) for b in batches)
     was = [p.requires_grad for p in params]
     for p in params:
@@ -120,7 +152,9 @@ def perturbation_terms(model: nn.Module, loss_fn: Callable, batches: Sequence, l
     directions = [(l, i) for l in range(len(names)) for i in range(B)]
     try:
         with hvp_context():  # attention through kernels with forward-mode and double-backward rules
-            for batch in batches:
+            for index, batch in enumerate(batches):
+                if index < state.batches:  # done before the interruption
+                    continue
                 w = num_samples(batch) / total
                 loss = objective.loss(model, batch)
                 grads = torch.autograd.grad(loss, params, create_graph=curvature == "hessian")
@@ -130,6 +164,7 @@ def perturbation_terms(model: nn.Module, loss_fn: Callable, batches: Sequence, l
                     curv += w * _ggn_block(model, objective, batch, params, deltas)
                     if progress:
                         progress(J, J)
+                    _batch_done(state, index, on_batch)
                     continue
                 for start in range(0, J, chunk):
                     part = directions[start:start + chunk]
@@ -142,6 +177,7 @@ def perturbation_terms(model: nn.Module, loss_fn: Callable, batches: Sequence, l
                     if progress:
                         progress(start + len(part), J)
                 del grads, loss
+                _batch_done(state, index, on_batch)
     finally:
         for p, r in zip(params, was):
             p.requires_grad_(r)
@@ -149,6 +185,12 @@ def perturbation_terms(model: nn.Module, loss_fn: Callable, batches: Sequence, l
     if not bool(torch.isfinite(curv).all()) or not all(math.isfinite(v) for v in linear.tolist()):
         raise NumericalError("the second-order terms are not finite; check the model and data")
     return Perturbation(names, bits, linear, curv)
+
+
+def _batch_done(state: TermsState, index: int, on_batch: Callable[[TermsState], None] | None) -> None:
+    state.batches = index + 1
+    if on_batch is not None:
+        on_batch(state)
 
 
 def _ggn_block(model: nn.Module, objective: Objective, batch, params: Sequence[torch.Tensor],

@@ -17,7 +17,7 @@ from .batches import Objective, num_samples, model_inputs, take, tensors, to_dev
 from .errors import ArtifactError, ConfigError, DataError
 from .graph import fold_bn, layer_keys, select_layers, trace_layers
 from .hessian import TraceResult, TraceState, activation_traces, choose_k, hutchinson_traces, world
-from .perturbation import perturbation_terms, perturbed_losses
+from .perturbation import TermsState, perturbation_terms, perturbed_losses
 
 log = logging.getLogger(__name__)
 FORMAT, VERSION = "profile", 1
@@ -259,8 +259,8 @@ def profile(
     `engine`: "auto" times one probe of each HVP engine and keeps the fastest (see
     hawq.hessian.ENGINES). With `cache`, a profile saved there from the same weights, data and
     settings is loaded instead of recomputed; otherwise the run checkpoints after each round to
-    `<cache>.partial` (resumed by the next call with the same inputs) and saves the profile
-    there. Under torch.distributed the data rounds are split across processes; rank 0 writes.
+    `<cache>.partial` (resumed by the next call with the same inputs; the cross-layer pass of
+    "perturbed_cross" after each batch, to `<cache>.cross.partial`) and saves the profile there. Under torch.distributed the data rounds are split across processes; rank 0 writes.
     `probes_per_batch`: k probes on each batch per round, or "auto": the most (≤ 8) whose memory
     fits in half the free memory (hawq.hessian.choose_k; recorded in settings["k"]).
     `a_bits`: activation widths to profile too (HAWQ-V3's activation sensitivity): a second
@@ -337,8 +337,11 @@ def profile(
         unconverged, extra = [], {}
         if sensitivity == "perturbed_cross":
             t = time.time()
+            cross = None if cache is None else Path(f"{cache}.cross.partial")
             terms = perturbation_terms(folded, loss_fn, batches, {n: mods[n] for n in weights}, bits,
-                                       curvature="ggn", weight_method=weight_method)
+                                       curvature="ggn", weight_method=weight_method,
+                                       state=None if cross is None else _load_cross(cross, fingerprints, list(weights), bits),
+                                       on_batch=None if cross is None else lambda st: _save_cross(cross, fingerprints, st))
             interactions = tuple(Interaction(a, b, m) for a, b, m in terms.pairs())
             extra["cross_seconds"] = round(time.time() - t, 3)
     else:
@@ -383,6 +386,7 @@ def profile(
         result.save(cache)
         checkpoint.unlink(missing_ok=True)
         Path(f"{cache}.act.partial").unlink(missing_ok=True)
+        Path(f"{cache}.cross.partial").unlink(missing_ok=True)
     return result
 
 
@@ -518,6 +522,19 @@ def _load_perturbed(path: Path, fingerprints: dict[str, str], bits: Sequence[int
     if table is not None:
         log.info("resuming the profile from %s (%d layers done)", path, len(table))
     return table
+
+
+def _save_cross(path: Path, fingerprints: dict[str, str], state: TermsState) -> None:
+    _write_checkpoint(path, fingerprints, "cross", state.to_dict())
+
+
+def _load_cross(path: Path, fingerprints: dict[str, str], names: list[str], bits: Sequence[int]) -> TermsState | None:
+    """The sums of an interrupted cross-term pass with the same weights, data and settings, or None."""
+    state = _read_checkpoint(path, fingerprints, lambda d: TermsState.from_dict(d["cross"]),
+                             lambda st: list(st.names) == names and list(st.bits) == sorted(bits))
+    if state is not None:
+        log.info("resuming the cross-layer terms from %s (%d batches done)", path, state.batches)
+    return state
 
 
 def _load_cached(path: Path, fingerprints: dict[str, str]) -> Profile | None:

@@ -188,6 +188,32 @@ def test_an_interrupted_perturbed_profile_resumes_where_it_stopped(tmp_path):
     assert not (tmp_path / "p.json.partial").exists()
 
 
+def test_an_interrupted_cross_term_pass_resumes_at_its_batch(tmp_path):
+    m, data = small_cnn(), batches()
+    calls = []
+
+    def loss(out, y):
+        calls.append(1)
+        return F.cross_entropy(out, y)
+
+    def stopping(out, y):  # dies in the cross pass, on the loss of its second batch
+        if len(calls) == (2 + 3 * 3 * 2) + 2:  # the perturbed losses, then batch 0's loss and Gauss-Newton tail
+            raise KeyboardInterrupt
+        return loss(out, y)
+
+    fresh = profile(m, loss, data, bits=(2, 4, 8), cache=tmp_path / "fresh.json", sensitivity="perturbed_cross")
+    assert len(calls) == 2 + 3 * 3 * 2 + 2 * 2
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        profile(m, stopping, data, bits=(2, 4, 8), cache=tmp_path / "p.json", sensitivity="perturbed_cross")
+    assert (tmp_path / "p.json.cross.partial").is_file() and not (tmp_path / "p.json").exists()
+    calls.clear()
+    again = profile(m, loss, data, bits=(2, 4, 8), cache=tmp_path / "p.json", sensitivity="perturbed_cross")
+    assert len(calls) == 2 + 2  # the base loss (the perturbed ones are checkpointed), then the second batch alone
+    assert again.interactions == fresh.interactions and [l.omega for l in again.layers] == [l.omega for l in fresh.layers]
+    assert not (tmp_path / "p.json.cross.partial").exists() and not (tmp_path / "p.json.partial").exists()
+
+
 def test_the_perturbed_profile_does_not_depend_on_the_seed():
     m, data = small_cnn(), batches()
     a, b = (profile(m, F.cross_entropy, data, bits=(2, 4, 8), seed=s, sensitivity="perturbed") for s in (0, 7))
