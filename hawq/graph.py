@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 _ADDS = (operator.add, operator.iadd, torch.add)
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
+# quantizable on request only (profile(layers=...) naming them): weight-only, their input is token ids
+EMBEDDINGS = (nn.Embedding,)
+EMBEDDING_KINDS = tuple(k.__name__ for k in EMBEDDINGS)
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,6 @@ class LayerGraph:
     @property
     def names(self) -> list[str]:
         return [l.name for l in self.layers]
-
 
     def only(self, keep: set[str]) -> "LayerGraph":
         """The graph of the layers in `keep`; groups and residual ties keep their members in it
@@ -72,16 +74,22 @@ def match_layers(key: str, names: Sequence[str], what: str, where: str = "the pr
 
 
 def select_layers(graph: LayerGraph, layers: str | Iterable[str] | None, exclude: str | Iterable[str] = ()) -> LayerGraph:
-    """The layers of `graph` that `layers` selects (names or regular expressions; None: all) less
-    those `exclude` selects; the rest are recorded as `skipped`. ConfigError when a pattern selects
-    nothing or no layer is left."""
+    """The layers of `graph` that `layers` selects (names or regular expressions; None: every
+    Conv2d and Linear layer, no embedding) less those `exclude` selects; the Conv2d and Linear
+    layers left out are recorded as `skipped` (an embedding left out is simply not quantized).
+    ConfigError when a pattern selects nothing or no layer is left."""
     names = graph.names
-    include = set(names) if layers is None else {n for k in layer_keys(layers) for n in match_layers(k, names, "layers", "the model")}
+    embeddings = {l.name for l in graph.layers if l.kind in EMBEDDING_KINDS}
+    include = set(names) - embeddings if layers is None else {
+        n for k in layer_keys(layers) for n in match_layers(k, names, "layers", "the model")}
     drop = {n for k in layer_keys(exclude) for n in match_layers(k, names, "excluded layers", "the model")}
     keep = include - drop
     if not keep:
         raise ConfigError(f"layers={layers!r} and exclude={exclude!r} leave no layer to profile")
-    return graph if keep == set(names) else graph.only(keep)
+    if keep == set(names):
+        return graph
+    out = graph.only(keep)
+    return LayerGraph(out.layers, out.groups, out.residual, tuple(n for n in out.skipped if n not in embeddings))
 
 
 def layer_keys(patterns: str | Iterable[str]) -> list[str]:
@@ -93,15 +101,17 @@ def layer_keys(patterns: str | Iterable[str]) -> list[str]:
     return keys
 
 
-def quantizable_modules(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, QUANTIZABLE)}
+def quantizable_modules(model: nn.Module, embeddings: bool = False) -> dict[str, nn.Module]:
+    kinds = QUANTIZABLE + EMBEDDINGS if embeddings else QUANTIZABLE
+    return {n: m for n, m in model.named_modules() if isinstance(m, kinds)}
 
 
 @torch.no_grad()
-def trace_layers(model: nn.Module, example_input) -> LayerGraph:
+def trace_layers(model: nn.Module, example_input, embeddings: bool = False) -> LayerGraph:
     """Run one forward pass on `example_input` (a batch of >= 1 samples: a tensor, or any batch
-    form of hawq.batches, whose target is not fed) and record every Conv2d/Linear."""
-    mods = quantizable_modules(model)
+    form of hawq.batches, whose target is not fed) and record every Conv2d/Linear, and with
+    `embeddings` every nn.Embedding (no multiply-accumulates; its input shape is the ids')."""
+    mods = quantizable_modules(model, embeddings)
     if not mods:
         raise UnsupportedModelError("the model has no Conv2d or Linear layer to quantize")
     order: list[str] = []
@@ -179,6 +189,8 @@ def residual_adds(model: nn.Module) -> tuple[tuple[str, ...], ...]:
 
 
 def _macs(mod: nn.Module, out: torch.Tensor) -> int:
+    if isinstance(mod, EMBEDDINGS):
+        return 0  # a table look-up
     if isinstance(mod, nn.Conv2d):
         k = mod.weight.shape[1] * mod.weight.shape[2] * mod.weight.shape[3]
         return out.numel() * k
@@ -216,8 +228,8 @@ def fold_bn(model: nn.Module) -> nn.Module:
 
 
 def is_transposed_linear(m: nn.Module) -> bool:
-    """A layer computing x @ W + b with W stored [in, out]: Hugging Face's Conv1D (GPT-2, GPT-J's
-    ancestors), recognised by its class name and shape, so that transformers need not be installed."""
+    """A layer computing x @ W + b with W stored [in, out]: Hugging Face's Conv1D (GPT-2 and the models
+    built on it), recognised by its class name and shape, so that transformers need not be installed."""
     w = getattr(m, "weight", None)
     return (type(m).__name__ == "Conv1D" and isinstance(w, torch.Tensor) and w.dim() == 2
             and getattr(m, "nf", None) == w.shape[1])

@@ -25,7 +25,7 @@ from torch import nn
 from torch.func import grad, jvp, vmap
 from tqdm.auto import tqdm
 
-from .batches import Objective, num_samples, first_input, stateless
+from .batches import Objective, first_input, num_samples, stateless, tensors
 from .errors import ArtifactError, ConfigError, NumericalError, UnsupportedModelError
 
 log = logging.getLogger(__name__)
@@ -327,15 +327,39 @@ class ActivationTaps:
         missing = [n for n in shapes if n not in mods]
         if missing:
             raise ConfigError(f"no modules named {missing} in the model")
+        self.model = model
         self.mods = [mods[n] for n in shapes]
         self.shapes = [tuple(s) for s in shapes.values()]
         self.dtype = next(model.parameters()).dtype
+        self._seen: dict[tuple, list[tuple[int, ...]]] = {}  # input shapes of a batch → the layers' input shapes
+
+    def input_shapes(self, batch) -> list[tuple[int, ...]]:
+        """Each layer's input shape (one sample) on `batch`: `shapes` where the batch is shaped like
+        the one they were traced on, else measured by one forward pass (ragged sequence lengths)
+        and remembered per shape of the batch's tensors."""
+        key = tuple(tuple(t.shape[1:]) for t in tensors(batch))
+        if key not in self._seen:
+            got: dict[int, tuple[int, ...]] = {}
+            def seen(i: int):
+                def hook(mod, inp) -> None:  # a pre-hook returning a value would replace the inputs
+                    got.setdefault(i, tuple(inp[0].shape[1:]))
+                return hook
+
+            handles = [m.register_forward_pre_hook(seen(i)) for i, m in enumerate(self.mods)]
+            try:
+                with torch.no_grad():
+                    Objective(None).logits(self.model, batch)
+            finally:
+                for h in handles:
+                    h.remove()
+            self._seen[key] = [got.get(i, s) for i, s in enumerate(self.shapes)]
+        return self._seen[key]
 
     @contextlib.contextmanager
     def attached(self, batch):
         """Fresh zero taps for `batch`, hooked onto the layers' inputs; yields them."""
         n, device = num_samples(batch), first_input(batch).device
-        taps = [torch.zeros(n, *s, dtype=self.dtype, device=device, requires_grad=True) for s in self.shapes]
+        taps = [torch.zeros(n, *s, dtype=self.dtype, device=device, requires_grad=True) for s in self.input_shapes(batch)]
         handles = [m.register_forward_pre_hook(lambda mod, inp, d=d: (inp[0] + d, *inp[1:]))
                    for m, d in zip(self.mods, taps)]
         try:

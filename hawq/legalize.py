@@ -48,7 +48,7 @@ from torch import nn
 
 from . import quant
 from .errors import ConfigError
-from .graph import set_module
+from .graph import EMBEDDING_KINDS, set_module
 from .rewrite import WEIGHT_ONLY, QuantLayer, quant_layers, reduced_code_bits
 from .target import ORT_INT8, TARGETS
 
@@ -168,6 +168,8 @@ def _ort_layer(name: str, layer: QuantLayer, out: Legalized) -> tuple[QuantLayer
         changes.append(Change("*", "opset", str(out.opset), str(INT2_OPSET), f"INT2 weights (first: {name})"))
         out.opset = INT2_OPSET
     container = container_for(layer.w_bits, out.opset)
+    if kind in EMBEDDING_KINDS:
+        return layer, _embedding_spec(name, layer, container), changes
     act = None if layer.weight_only else _act(layer)
     zero_point, needs_vnni = 0, False
     bits = reduced_code_bits(layer.code_bits, layer.a_bits, layer.a_symmetric)  # the rule quantize applies
@@ -208,12 +210,24 @@ def _ort_layer(name: str, layer: QuantLayer, out: Legalized) -> tuple[QuantLayer
     return layer, LayerSpec(name, kind, weight, act, bias, note, _out(layer)), changes
 
 
+def _embedding_spec(name: str, layer: QuantLayer, container: str) -> LayerSpec:
+    """An embedding: its table stored quantized (per-row scales on axis 0), DequantizeLinear → Gather."""
+    return LayerSpec(name, type(layer.fp).__name__, WeightSpec(layer.w_bits, container, "OI"), None, None,
+                     f"embedding: {container} table with per-row scales, DequantizeLinear → Gather (weight-only)")
+
+
 # --------------------------------------------------------------------------------------- tensorrt
 
 def _tensorrt_layer(name: str, layer: QuantLayer, out: Legalized) -> tuple[QuantLayer, LayerSpec, list[Change]]:
     changes: list[Change] = []
     kind = type(layer.fp).__name__
     bits = layer.w_bits
+    if kind in EMBEDDING_KINDS:
+        if bits != 8:
+            changes.append(Change(name, "weight_bits", f"W{bits}", "W8", "TensorRT: an embedding table is INT8 "
+                                  "(DequantizeLinear → Gather); INT4 weights run only in weight-only MatMul/Gemm"))
+            layer = _rebuild(layer, 8, layer.a_bits)
+        return layer, _embedding_spec(name, layer, "INT8"), changes
     if 2 <= bits <= 4:
         why = _trt_int4_problem(layer)
         if why is None:  # INT4 weight-only MatMul with block scales

@@ -348,10 +348,10 @@ def _weight_site(g: onnx.GraphProto, name: str, found: bool, users) -> _Site:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     ok = {("Conv", 1): transpose is None, ("Gemm", 1): transpose is None and attrs.get("transB") == 1
           and attrs.get("transA", 0) == 0 and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0,
-          ("MatMul", 1): transpose is not None}
+          ("MatMul", 1): transpose is not None, ("Gather", 0): transpose is None and attrs.get("axis", 0) == 0}
     if not ok.get((node.op_type, idx), False):
         raise UnsupportedModelError(f"layer {name}: its weight feeds {node.op_type} input {idx}; "
-                                    "hawq exports Conv, Gemm(transB=1) and MatMul(x, W^T) only")
+                                    "hawq exports Conv, Gemm(transB=1), MatMul(x, W^T) and Gather(table, ids) only")
     return _Site(k, idx, transpose)
 
 

@@ -23,7 +23,7 @@ from . import quant
 from .artifacts import atomic_path
 from .batches import tree_map
 from .errors import ArtifactError
-from .graph import QUANTIZABLE, fold_bn, set_module
+from .graph import EMBEDDINGS, QUANTIZABLE, fold_bn, set_module
 from .rewrite import QuantLayer, quant_layers
 from .solver import Plan
 from .target import Target
@@ -179,6 +179,7 @@ def load_qmodel(path: str | Path, build: Callable[[dict[str, str]], nn.Module] |
     folded = fold_bn(model)
     mods = dict(folded.named_modules())
     quantizable = {n for n, m in mods.items() if isinstance(m, QUANTIZABLE)} - set(plan.get("float_layers", ()))
+    quantizable |= {n for n in settings if isinstance(mods.get(n), EMBEDDINGS)}  # quantized on request only
     if set(settings) != quantizable:
         raise ArtifactError(f"{path} does not cover exactly the quantizable layers of {arch.get('name', 'the model')} "
                             f"({len(settings)} in the file, {len(quantizable)} in the model); make it again with "

@@ -14,7 +14,7 @@ from . import quant
 from .batches import model_inputs
 from .cpu import exact_code_bits
 from .errors import ArtifactError, ConfigError, DataError, UnsupportedModelError
-from .graph import QUANTIZABLE, fold_bn, set_module
+from .graph import EMBEDDINGS, QUANTIZABLE, fold_bn, set_module
 from .target import Target
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ class QuantLayer(nn.Module):
     input and the bias float. `w_code_bits` (< w_bits) narrows the weight codes while the layer
     keeps its planned width and container: the ort target's reduce-range (hawq.legalize). With
     `out_bits`, the output is fake-quantized too (per tensor, same signedness as the input),
-    calibrated on the float layer's output."""
+    calibrated on the float layer's output. An nn.Embedding is weight-only whatever `a_bits`
+    says (its input is token ids): per-row symmetric weights, looked up as they are."""
 
     # class-level defaults, so modules pickled before these existed still run
     a_symmetric = False
@@ -42,7 +43,7 @@ class QuantLayer(nn.Module):
     def __init__(self, fp: nn.Module, w_bits: int, a_bits: int, weight_method: str = "mse",
                  a_symmetric: bool = False, w_code_bits: int | None = None) -> None:
         super().__init__()
-        if not isinstance(fp, QUANTIZABLE):
+        if not isinstance(fp, QUANTIZABLE + EMBEDDINGS):
             raise UnsupportedModelError(f"cannot quantize {type(fp).__name__}")
         lo, hi = quant.MIN_BITS, quant.MAX_BITS
         if not lo <= int(w_bits) <= hi:
@@ -117,11 +118,12 @@ class QuantLayer(nn.Module):
 
     @property
     def weight_only(self) -> bool:
-        return self.a_bits == WEIGHT_ONLY
+        """No input quantizer: a_bits 32, or an embedding (its input is token ids)."""
+        return self.a_bits == WEIGHT_ONLY or isinstance(self.fp, EMBEDDINGS)
 
     @property
     def bias_int(self) -> torch.Tensor | None:
-        if self.fp.bias is None or self.weight_only:
+        if self.weight_only or self.fp.bias is None:
             return None
         return quant.quantize_bias(self.fp.bias, self.w_scale, self.a_scale)[0]
 
@@ -136,6 +138,8 @@ class QuantLayer(nn.Module):
             raise RuntimeError("QuantLayer used before calibration; call hawq.quantize with data")
         if self.qat:
             return self._forward_qat(x)
+        if isinstance(self.fp, EMBEDDINGS):
+            return _embed(self.fp, x, self.w_fq)
         if self.weight_only:
             xq, b = x, self.fp.bias
         else:
@@ -152,6 +156,8 @@ class QuantLayer(nn.Module):
 
     def _forward_qat(self, x: torch.Tensor) -> torch.Tensor:
         w = quant.fake_quant_weight_ste(self.fp.weight, self.w_scale, self.code_bits)
+        if isinstance(self.fp, EMBEDDINGS):
+            return _embed(self.fp, x, w)
         if self.weight_only:
             xq, b = x, self.fp.bias
         else:
@@ -169,6 +175,10 @@ class QuantLayer(nn.Module):
         qat = ", qat=True" if self.qat else ""
         codes = f", w_code_bits={self.w_code_bits}" if self.w_code_bits else ""
         return f"{type(self.fp).__name__}, w_bits={self.w_bits}{codes}, a_bits={self.a_bits}{sym}{out}{qat}"
+
+
+def _embed(f: nn.Embedding, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return F.embedding(ids, w, f.padding_idx, f.max_norm, f.norm_type, f.scale_grad_by_freq, f.sparse)
 
 
 def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
@@ -206,7 +216,7 @@ def quantize(model: nn.Module, plan, data: Iterable, weight_method: str = "mse",
     assign = as_assignment(plan)
     folded = fold_bn(model)
     mods = dict(folded.named_modules())
-    missing = [n for n in assign if not isinstance(mods.get(n), QUANTIZABLE)]
+    missing = [n for n in assign if not isinstance(mods.get(n), QUANTIZABLE + EMBEDDINGS)]
     if missing:
         raise ArtifactError(f"the plan names layers this model lacks or cannot quantize: {', '.join(missing[:5])}; "
                             "was the plan made for another model?")

@@ -15,7 +15,7 @@ from . import quant
 from .artifacts import JsonArtifact, fingerprint_obj, fingerprint_tensors, read_json, write_json
 from .batches import Objective, num_samples, model_inputs, take, tensors, to_device
 from .errors import ArtifactError, ConfigError, DataError
-from .graph import fold_bn, layer_keys, select_layers, trace_layers
+from .graph import EMBEDDING_KINDS, fold_bn, layer_keys, select_layers, trace_layers
 from .hessian import TraceResult, TraceState, activation_traces, choose_k, hutchinson_traces, world
 from .perturbation import TermsState, perturbation_terms, perturbed_losses
 
@@ -284,7 +284,9 @@ def profile(
     `layers` / `exclude`: names or regular expressions (matched whole) of the Conv2d/Linear layers
     to profile, and of those to leave out (a classifier head, say); the others are not profiled,
     stay in float in every plan made from this profile (`Profile.skipped`), and their weights'
-    gradients are never needed. Default: every layer.
+    gradients are never needed. Default: every Conv2d and Linear layer. An nn.Embedding is
+    profiled only when `layers` names it: weight-only (per-row scales; its activation width has
+    no effect, its input being token ids).
     """
     t0 = time.time()
     bits, a_bits = _widths(bits, "bits"), _widths(a_bits, "a_bits")
@@ -315,7 +317,7 @@ def profile(
         if cached is not None:
             return cached
     folded = fold_bn(model).to(device).eval()
-    graph = select_layers(trace_layers(folded, take(batches[0], 0, 1)), layers, exclude)
+    graph = select_layers(trace_layers(folded, take(batches[0], 0, 1), embeddings=True), layers, exclude)
     mods = dict(folded.named_modules())
     weights = {l.name: mods[l.name].weight for l in graph.layers}
     for w in weights.values():  # a frozen model (requires_grad=False) still has curvature; the copy is ours
@@ -357,12 +359,12 @@ def profile(
         extra = {"engine": est.engine, "probes": est.probes, "rounds": est.rounds,
                  "engine_seconds": round(est.engine_seconds, 3)}
     act: TraceResult | None = None
-    if a_bits:
-        elems = {l.name: math.prod(l.in_shape) for l in graph.layers}
+    if a_bits:  # an embedding's input is token ids: no activation quantizer, Ω_a 0
+        elems = {l.name: math.prod(l.in_shape) for l in graph.layers if l.kind not in EMBEDDING_KINDS}
         act_sq = act_sq_errors(folded, list(elems), batches, a_bits, act_symmetric)
         act_checkpoint = None if cache is None else Path(f"{cache}.act.partial")
         act = activation_traces(
-            folded, loss_fn, batches, {l.name: l.in_shape for l in graph.layers},
+            folded, loss_fn, batches, {l.name: l.in_shape for l in graph.layers if l.name in elems},
             importance={n: act_sq[n][a_bits[0]] / elems[n] for n in elems}, rel_tol=rel_tol, max_probes=max_probes,
             min_probes=min_probes, probes_per_batch=k, seed=seed, engine="auto", progress=progress,
             state=None if act_checkpoint is None else _load_checkpoint(act_checkpoint, fingerprints, list(elems)),
@@ -374,7 +376,10 @@ def profile(
         e = weight_stats[l.name]
         n_x = math.prod(l.in_shape)
         row: dict[str, Any] = {"act_elems": n_x}
-        if act is not None:
+        if act is not None and l.name not in act.layers:  # an embedding
+            row.update(act_trace=0.0, act_trace_se=0.0, act_sq_error=dict.fromkeys(a_bits, 0.0),
+                       act_omega=dict.fromkeys(a_bits, 0.0))
+        elif act is not None:
             a = act.layers[l.name]
             row.update(act_trace=a.mean, act_trace_se=a.se, act_sq_error=act_sq[l.name],
                        act_omega=omega_table(_checked_trace(l.name, " input", a, z), act_sq[l.name], n_x))

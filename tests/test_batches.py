@@ -266,3 +266,35 @@ def test_layer_selection_profiles_only_what_is_asked_and_leaves_the_rest_in_floa
         hawq.profile(model, None, batches, bits=(4, 8), exclude=".*")
     with pytest.raises(ConfigError, match="strings"):
         hawq.profile(model, None, batches, bits=(4, 8), layers=[3])
+
+
+def test_an_embedding_is_quantized_weight_only_when_named(tmp_path):
+    from hawq.qmodel import load_qmodel, save_qmodel
+    torch.manual_seed(0)
+    model = TokenClassifier().eval()
+    batches = ragged(3, size=6)
+    assert "emb" not in hawq.profile(model, None, batches, bits=(4, 8)).names  # not by default
+    prof = hawq.profile(model, None, batches, bits=(2, 4, 8), layers=["emb", "q", "k", "v", "out", "head"],
+                        a_bits=(8,), sensitivity="trace", max_probes=4, min_probes=4)
+    emb = prof.layers[0]
+    assert (emb.name, emb.kind, emb.macs, emb.act_omega) == ("emb", "Embedding", 0, {8: 0.0}) and emb.trace > 0
+    assert hawq.solve(prof, hawq.Budget(avg_bits=6)).assignment()["emb"][0] == 8  # the first layer: pinned by default
+    plan = hawq.solve(prof, hawq.Budget(avg_bits=3.5), hawq.SolveSpec(pins={"head": 8}))
+    assert plan.assignment()["emb"][0] < 8
+    q = hawq.quantize(model, plan, batches)
+    assert q.emb.weight_only and q.emb.bias_int is None
+    with torch.no_grad():  # the table is looked up as quantized: rows of the fake-quant weights
+        assert torch.equal(q.emb(batches[0]["input_ids"]), q.emb.w_fq[batches[0]["input_ids"]])
+    rep = hawq.export_onnx(q, batches[0], tmp_path / "ort.onnx", verify_inputs=batches)
+    row = next(l for l in rep.layers if l.name == "emb")
+    assert row.op == "Gather" and row.weight_type == ("INT2" if plan.assignment()["emb"][0] == 2 else "INT4")
+    assert rep.verification.cosine > 0.999
+    trt = hawq.export_onnx(q, batches[0], tmp_path / "trt.onnx", target="tensorrt", verify_inputs=batches)
+    assert next(l for l in trt.layers if l.name == "emb").weight_type == "INT8"
+    assert any(c.layer == "emb" and c.what == "weight_bits" for c in trt.changes)
+    save_qmodel(tmp_path / "q.pt", q, {k: v for k, v in batches[0].items() if k != "labels"}, {"name": "t"},
+                plan.to_dict())
+    back = load_qmodel(tmp_path / "q.pt", model=model)
+    assert back.inputs.keys() == {"input_ids", "attention_mask"}
+    with torch.no_grad():
+        assert torch.equal(back.model(**back.inputs)["logits"], q(**back.inputs)["logits"])

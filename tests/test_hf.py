@@ -122,3 +122,16 @@ def test_a_language_models_accuracy_and_default_loss_are_next_token():
         want = model(**b).loss
         z = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
     assert float(logits_only.tail(z, b)) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_weight_only_linear_layers_run_as_matmulnbits_in_onnx_runtime(tmp_path):
+    model = bert()
+    batches = token_batches(2, 6, 120, "class")
+    prof = hawq.profile(model, None, batches, bits=(2, 4, 8))
+    plan = hawq.solve(prof, hawq.Budget(avg_bits=4), hawq.SolveSpec(a_bits=(32,), pins={}))  # activations in float
+    rep = hawq.export_onnx(hawq.quantize(model, plan, batches), batches[0], tmp_path / "wo.onnx", verify_inputs=batches)
+    assert {l.plan_w_bits for l in rep.layers} >= {2, 4}
+    kept = [l for l in rep.layers if "kept from MatMulNBits" in l.note]  # INT2 with N % 4 != 0 (hawq.legalize)
+    assert all(l.weight_type == "INT2" and l.ort_kernel == "DequantizeLinear + Gemm" for l in kept)
+    assert {l.ort_kernel for l in rep.layers if l not in kept} == {"MatMulNBits"}, [(l.name, l.ort_kernel) for l in rep.layers]
+    assert rep.verification.cosine > 0.999
