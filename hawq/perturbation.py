@@ -292,7 +292,6 @@ def perturbed_losses(model: nn.Module, loss_fn: Callable, batches: Sequence, lay
     bits = tuple(sorted({int(b) for b in bits}))
     if not batches:
         raise DataError("perturbed_losses needs at least one (input, target) batch")
-    rounding = _rounding(layers, bits, weight_method)
     objective = Objective(loss_fn)
 
     def loss() -> float:
@@ -306,10 +305,11 @@ def perturbed_losses(model: nn.Module, loss_fn: Callable, batches: Sequence, lay
         if n in out:
             continue
         w = m.weight.detach().clone()
+        rounding = _rounding({n: m}, bits, weight_method)[n]  # one layer's at a time: memory of one more model, not B
         out[n] = {}
         try:
             for b in bits:
-                m.weight.data.add_(rounding[n][b])
+                m.weight.data.add_(rounding[b])
                 out[n][b] = loss() - base
                 m.weight.data.copy_(w)
         finally:
