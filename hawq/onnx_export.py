@@ -225,7 +225,7 @@ def _export_float(qmodel: nn.Module, example: Any, opset: int) -> onnx.ModelProt
         if not isinstance(fmodel(*args, **kwargs), torch.Tensor):
             fmodel = _Predictions(fmodel).eval()
     auto = torch.export.Dim.AUTO
-    one = isinstance(example, torch.Tensor)
+    one = len(args) == 1 and not kwargs  # a tensor, or (x, y): the input is "input", as it always was
     names = {"input_names": ["input"], "output_names": ["output"]} if one else {}
     shapes: Any = tuple({0: auto} for _ in args) if args else {k: {i: auto for i in range(v.dim())}
                                                                 for k, v in kwargs.items()}

@@ -170,5 +170,6 @@ def test_smoke_run(path, target, tmp_path, capsys):
         assert y.shape == ((3, 2) if r.model == "bert_tiny" else (3, 9, 1000))
         return
     shape = (1, 28, 28) if r.family == "embedded" else (3, 224, 224)
+    assert [i.name for i in sess.get_inputs()] == ["input"] and [o.name for o in sess.get_outputs()] == ["output"]
     y = sess.run(None, {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal((3, *shape), np.float32)})[0]
     assert y.shape == (3, 10 if r.family == "embedded" else 1000)
