@@ -5,7 +5,7 @@
     qmodel = hawq.quantize(model, plan, calibration_batches)
     hawq.export_onnx(qmodel, example_input, "model.onnx")
 """
-from .batches import Objective, evaluate, features, take
+from .batches import Objective, count_samples, evaluate, features, take
 from .errors import HawqError
 from .models import load_default_model, resnet20
 from .legalize import LegalizationWarning, legalize
@@ -36,6 +36,6 @@ __all__ = [
     "BUDGET_KINDS", "DEFAULT_PINS", "SolveSpec", "Target", "default_pins",
     "Budget", "ExportReport", "HawqError", "LayerChoice", "LegalizationWarning", "LayerProfile", "Plan", "Profile", "Recipe", "RunResult",
     "QModelFile", "build_arch", "check_output", "load_qmodel", "recipe_arch", "save_qmodel",
-    "Objective", "default_recipe", "evaluate", "features", "take", "export_onnx", "fold_bn", "load_data", "load_default_model", "load_model",
+    "Objective", "count_samples", "default_recipe", "evaluate", "features", "take", "export_onnx", "fold_bn", "load_data", "load_default_model", "load_model",
     "legalize", "load_recipe", "ort_session", "profile", "quantize", "resnet20", "run_recipe", "solve", "table", "uniform_plan",
 ]

@@ -59,6 +59,11 @@ def num_samples(batch: Any) -> int:
     return len(ts[0]) if ts[0].dim() else 1
 
 
+def count_samples(data: Any) -> int:
+    """Samples in `data`: a Dataset's length, or the sum over an iterable of batches."""
+    return len(data) if isinstance(data, Dataset) else sum(num_samples(b) for b in data)
+
+
 def labels(batch: Any) -> torch.Tensor | None:
     """The target of `batch`: a tuple's last element, a mapping's `labels`; None for a tensor."""
     if isinstance(batch, Mapping):

@@ -164,7 +164,7 @@ def cmd_quantize(a) -> None:
     q = hawq.quantize(model, plan, batches, target=target)
     acc, loss = hawq.evaluate(q, ev)
     hawq.save_qmodel(a.out, q, hawq.features(batches[0]), hawq.recipe_arch(r), plan.to_dict())
-    print(f"{plan.label}: accuracy {acc:.4f} (loss {loss:.4f}) on {len(ev)} images -> {a.out}")
+    print(f"{plan.label}: accuracy {acc:.4f} (loss {loss:.4f}) on {hawq.count_samples(ev)} samples -> {a.out}")
 
 
 def _positive(kind, zero: bool = False):
@@ -216,7 +216,7 @@ def cmd_finetune(a) -> None:
     q = hawq.quantize(model, plan, batches, target=r.quant_target)
     fp_acc, _ = hawq.evaluate(model, ev)
     acc0, loss0 = hawq.evaluate(q, ev)
-    print(f"fp32: accuracy {fp_acc:.4f} on {len(ev)} images")
+    print(f"fp32: accuracy {fp_acc:.4f} on {hawq.count_samples(ev)} samples")
     print(f"{plan.label} before fine-tuning: accuracy {acc0:.4f} (loss {loss0:.4f})", flush=True)
     res = hawq.finetune(q, train, steps=a.steps, lr=a.lr, optimizer=a.optimizer, teacher=model if a.distill else None,
                         distill_weight=a.distill_weight, temperature=a.temperature, checkpoint=a.checkpoint,

@@ -135,3 +135,21 @@ def test_weight_only_linear_layers_run_as_matmulnbits_in_onnx_runtime(tmp_path):
     assert all(l.weight_type == "INT2" and l.ort_kernel == "DequantizeLinear + Gemm" for l in kept)
     assert {l.ort_kernel for l in rep.layers if l not in kept} == {"MatMulNBits"}, [(l.name, l.ort_kernel) for l in rep.layers]
     assert rep.verification.cosine > 0.999
+
+
+def test_every_cli_stage_takes_a_hugging_face_recipe(tmp_path, capsys, one_line_error):
+    import json
+    from pathlib import Path
+
+    from hawq import cli
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "hf_gpt2_tiny.toml")
+    prof, plan, qm, onx = (str(tmp_path / n) for n in ("p.json", "plan.json", "q.pt", "m.onnx"))
+    assert cli.main(["--quiet", "profile", recipe, "--out", prof, "--exclude", "lm_head"]) == 0
+    assert cli.main(["--quiet", "solve", prof, "--avg-bits", "5", "--out", plan]) == 0
+    assert cli.main(["--quiet", "quantize", recipe, "--plan", plan, "--out", qm]) == 0
+    assert "on 64 samples" in capsys.readouterr().out  # the recipe's 64 evaluation sequences
+    assert cli.main(["--quiet", "export", qm, "--out", onx]) == 0
+    v = json.loads((tmp_path / "verify.json").read_text())
+    assert v["verification"]["cosine"] > 0.999 and v["verification"]["top1_agreement"] is None  # token logits
+    assert cli.main(["--quiet", "latency", recipe, "--out", str(tmp_path / "lat.json"), "--repeats", "2", "--bits", "8"]) == 0
+    one_line_error(["finetune", recipe, "--plan", plan, "--out", str(tmp_path / "f.pt")], "Hugging Face", "hawq.quantize")
