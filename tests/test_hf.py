@@ -1,6 +1,9 @@
 """Hugging Face transformers through the Python API, as a user has them: a model built from a
 config (random weights, offline), a DataLoader of dict batches, loss=None (the model's own)."""
+import json
 import math
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,9 +141,6 @@ def test_weight_only_linear_layers_run_as_matmulnbits_in_onnx_runtime(tmp_path):
 
 
 def test_every_cli_stage_takes_a_hugging_face_recipe(tmp_path, capsys, one_line_error):
-    import json
-    from pathlib import Path
-
     from hawq import cli
     recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "hf_gpt2_tiny.toml")
     prof, plan, qm, onx = (str(tmp_path / n) for n in ("p.json", "plan.json", "q.pt", "m.onnx"))
@@ -153,3 +153,42 @@ def test_every_cli_stage_takes_a_hugging_face_recipe(tmp_path, capsys, one_line_
     assert v["verification"]["cosine"] > 0.999 and v["verification"]["top1_agreement"] is None  # token logits
     assert cli.main(["--quiet", "latency", recipe, "--out", str(tmp_path / "lat.json"), "--repeats", "2", "--bits", "8"]) == 0
     one_line_error(["finetune", recipe, "--plan", plan, "--out", str(tmp_path / "f.pt")], "Hugging Face", "hawq.quantize")
+
+
+def test_a_recipe_from_a_saved_folder_and_a_file_of_texts(tmp_path):
+    """Real use: weights, config and tokenizer saved by save_pretrained, texts in JSON lines."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from hawq import hf
+    from hawq.pipeline import load_data, load_model, run_recipe
+    from hawq.recipe import load_recipe
+    words = ["[PAD]", "[UNK]"] + [f"w{i}" for i in range(60)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    folder = tmp_path / "model"
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(folder)
+    saved = hf.build("bert_tiny", seed=3)
+    saved.save_pretrained(folder)
+    g = torch.Generator().manual_seed(0)
+    lengths = [3 + 4 * (i // 8) + i % 3 for i in range(40)]  # batches of 8 texts, longer batch by batch
+    lines = [json.dumps({"text": " ".join(f"w{int(i)}" for i in torch.randint(0, 60, (n,), generator=g)),
+                         "label": n % 2}) for n in lengths]
+    (tmp_path / "texts.jsonl").write_text("\n".join(lines) + "\n")
+    r = replace(load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "hf_bert_tiny.toml"),
+                checkpoint=str(folder), data_dir=str(tmp_path / "texts.jsonl"), n_calibration=24, n_evaluation=16,
+                batch_size=8, budgets=({"uniform_bits": 4},), export_budget=0)
+    model = load_model(r)
+    with torch.no_grad():
+        b = {"input_ids": torch.tensor([[2, 3, 4]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+        assert torch.equal(model(**b).logits, saved(**b).logits)  # the folder's weights
+    cal, ev = load_data(r)
+    assert [x["input_ids"].shape[0] for x in cal] == [8, 8, 8] and sum(x["labels"].numel() for x in ev) == 16
+    assert len({x["input_ids"].shape[1] for x in cal}) > 1  # each batch padded to its own longest text
+    res = run_recipe(r, tmp_path / "out", log_fn=lambda *_: None)
+    assert res.export.verification.cosine > 0.999 and [row.method for row in res.rows] == ["fp32", "uniform", "mixed"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "w1 w2"}\n' * 50)  # no labels for a classifier
+    with pytest.raises(hawq.HawqError, match="line 1"):
+        load_data(replace(r, data_dir=str(bad)))
+    with pytest.raises(hawq.HawqError, match="tokenizer"):
+        load_data(replace(r, checkpoint="random"))
