@@ -87,6 +87,12 @@ def model_inputs(batch: Any, *, with_labels: bool = False) -> tuple[tuple, dict]
     raise DataError(f"a batch must be a tensor, a tuple (inputs..., target) or a dict of tensors, not {type(batch).__name__}")
 
 
+def forward(model: nn.Module, batch: Any, *, with_labels: bool = False) -> Any:
+    """The model's output on `batch`, called with its inputs (see model_inputs)."""
+    args, kwargs = model_inputs(batch, with_labels=with_labels)
+    return model(*args, **kwargs)
+
+
 def features(batch: Any) -> Any:
     """`batch` without its target: a tensor as it is, a tuple's inputs (one tensor, or a tuple of
     several), a mapping without its labels."""
@@ -210,8 +216,7 @@ class Objective:
         """(loss, the model's output; None for a loss on the model) from one forward pass."""
         if self.on == "model":
             return self.fn(model, batch), None
-        args, kwargs = model_inputs(batch, with_labels=self.on == "default")
-        output = model(*args, **kwargs)
+        output = forward(model, batch, with_labels=self.on == "default")
         own = _model_loss(output) if self.on == "default" else None
         return (own if own is not None else self.tail(logits_of(output), batch)), output
 
@@ -223,17 +228,15 @@ class Objective:
 
     def logits(self, model: nn.Module, batch: Any) -> torch.Tensor:
         """The model's predictions on `batch`, called with its inputs only (no labels)."""
-        args, kwargs = model_inputs(batch)
-        return logits_of(model(*args, **kwargs))
+        return logits_of(forward(model, batch))
 
     def check_splits(self, model: nn.Module, batch: Any) -> None:
         """ConfigError unless the loss is a known function of the logits (`tail`), as the
         Gauss-Newton matrix needs: not for a loss on the model, nor for a model whose output
         carries its own loss."""
         if self.on == "default":
-            args, kwargs = model_inputs(batch, with_labels=True)
             with torch.no_grad():
-                own = _model_loss(model(*args, **kwargs)) is not None
+                own = _model_loss(forward(model, batch, with_labels=True)) is not None
         if self.on == "model" or (self.on == "default" and own):
             raise ConfigError("the Gauss-Newton terms need the loss as a function of the model's logits: pass "
                               "loss=fn(logits, labels) (e.g. torch.nn.CrossEntropyLoss()), or use sensitivity='perturbed'")

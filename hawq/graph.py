@@ -14,7 +14,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from .batches import num_samples, model_inputs
+from .batches import forward, num_samples
 from .errors import ConfigError, UnsupportedModelError
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,6 @@ def trace_layers(model: nn.Module, example_input, embeddings: bool = False) -> L
     readers: dict[int, list[str]] = {}
     keep: list[torch.Tensor] = []  # keep inputs alive so their ids stay unique during the pass
     batch = num_samples(example_input)
-    args, kwargs = model_inputs(example_input)
 
     def hook(name: str):
         def fn(mod: nn.Module, inputs, output):
@@ -138,7 +137,7 @@ def trace_layers(model: nn.Module, example_input, embeddings: bool = False) -> L
     was_training = model.training
     try:
         model.eval()
-        model(*args, **kwargs)
+        forward(model, example_input)
     finally:
         model.train(was_training)
         for h in handles:

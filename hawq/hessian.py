@@ -25,7 +25,7 @@ from torch import nn
 from torch.func import grad, jvp, vmap
 from tqdm.auto import tqdm
 
-from .batches import Objective, first_input, num_samples, stateless, tensors
+from .batches import Objective, first_input, forward, num_samples, stateless, tensors
 from .errors import ArtifactError, ConfigError, NumericalError, UnsupportedModelError
 
 log = logging.getLogger(__name__)
@@ -348,7 +348,7 @@ class ActivationTaps:
             handles = [m.register_forward_pre_hook(seen(i)) for i, m in enumerate(self.mods)]
             try:
                 with torch.no_grad():
-                    Objective(None).logits(self.model, batch)
+                    forward(self.model, batch)
             finally:
                 for h in handles:
                     h.remove()

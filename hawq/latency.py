@@ -25,7 +25,7 @@ from torch import nn
 
 from .artifacts import JsonArtifact, fingerprint_tensors
 from .errors import ArtifactError, ConfigError
-from .batches import model_inputs, take
+from .batches import forward, take
 from .graph import fold_bn, trace_layers
 from .onnx_export import export_onnx
 from .onnx_verify import ort_session
@@ -136,9 +136,8 @@ def _layer_inputs(model: nn.Module, example_input) -> dict[str, torch.Tensor]:
         return hook
 
     hooks = [folded.get_submodule(n).register_forward_hook(keep(n)) for n in names]
-    args, kwargs = model_inputs(example_input)
     try:
-        folded(*args, **kwargs)
+        forward(folded, example_input)
     finally:
         for h in hooks:
             h.remove()

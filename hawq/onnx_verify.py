@@ -24,7 +24,7 @@ import torch
 from onnx import TensorProto
 from torch import nn
 
-from .batches import logits_of, model_inputs, tree_map
+from .batches import forward, logits_of, model_inputs, tree_map
 from .cpu import describe as describe_cpu
 from .errors import ArtifactError, ConfigError, UnsupportedModelError, VerificationError
 from .graph import set_module
@@ -258,8 +258,7 @@ def _rows(a: np.ndarray) -> np.ndarray:
 
 
 def _predict(model: nn.Module, batch: Any) -> np.ndarray:
-    args, kwargs = model_inputs(batch)
-    return logits_of(model(*args, **kwargs)).double().numpy()
+    return logits_of(forward(model, batch)).double().numpy()
 
 
 def _feed(names: list[str], batch: Any) -> dict[str, np.ndarray]:
@@ -287,9 +286,8 @@ def _reference(qmodel: nn.Module, batch: Any) -> tuple[np.ndarray, np.ndarray | 
         last[0] = (o, m)
 
     hooks = [l.register_forward_hook(hook) for l in quant_layers(qmodel).values()]
-    args, kwargs = model_inputs(batch)
     try:
-        y = logits_of(qmodel(*args, **kwargs))
+        y = logits_of(forward(qmodel, batch))
     finally:
         for h in hooks:
             h.remove()

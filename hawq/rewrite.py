@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import quant
-from .batches import model_inputs
+from .batches import forward
 from .cpu import exact_code_bits
 from .errors import ArtifactError, ConfigError, DataError, UnsupportedModelError
 from .graph import EMBEDDINGS, QUANTIZABLE, fold_bn, set_module
@@ -260,8 +260,7 @@ def calibrate(qmodel: nn.Module, data: Iterable) -> nn.Module:
     seen = 0
     try:
         for batch in data:
-            args, kwargs = model_inputs(batch)
-            qmodel(*args, **kwargs)
+            forward(qmodel, batch)
             seen += 1
     finally:
         if not seen:

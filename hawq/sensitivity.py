@@ -13,7 +13,7 @@ from torch import nn
 
 from . import quant
 from .artifacts import JsonArtifact, fingerprint_obj, fingerprint_tensors, read_json, write_json
-from .batches import Objective, num_samples, model_inputs, take, tensors, to_device
+from .batches import Objective, forward, num_samples, take, tensors, to_device
 from .errors import ArtifactError, ConfigError, DataError
 from .graph import EMBEDDING_KINDS, fold_bn, layer_keys, select_layers, trace_layers
 from .hessian import TraceResult, TraceState, activation_traces, choose_k, hutchinson_traces, world
@@ -459,8 +459,7 @@ def act_sq_errors(model: nn.Module, names: list[str], batches, a_bits: tuple[int
         hooks = [mods[n].register_forward_pre_hook(lambda m, inp, n=n: fn(n, inp[0])) for n in names]
         try:
             for b in batches:
-                args, kwargs = model_inputs(b)
-                model(*args, **kwargs)
+                forward(model, b)
         finally:
             for h in hooks:
                 h.remove()
