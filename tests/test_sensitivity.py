@@ -162,18 +162,27 @@ def test_perturbed_sensitivity_is_the_loss_change_of_each_layer_rounded(tmp_path
         profile(m, F.cross_entropy, [(x * float("nan"), y)], bits=(2, 8), sensitivity="perturbed")
 
 
-def test_an_interrupted_perturbed_profile_resumes_where_it_stopped(tmp_path):
-    m, data = small_cnn(), batches()
+def counted_losses(stop_after: int):
+    """(calls, loss, stopping): cross-entropy that counts its calls in `calls`, and the same loss
+    raising KeyboardInterrupt on the call after `stop_after` of them (an interrupted run)."""
     calls = []
 
     def loss(out, y):
         calls.append(1)
         return F.cross_entropy(out, y)
 
-    def stopping(out, y):  # dies on the first pass of the second layer: base 2 + first layer 3 widths × 2 batches
-        if len(calls) == 2 + 6:
+    def stopping(out, y):
+        if len(calls) == stop_after:
             raise KeyboardInterrupt
         return loss(out, y)
+
+    return calls, loss, stopping
+
+
+def test_an_interrupted_perturbed_profile_resumes_where_it_stopped(tmp_path):
+    m, data = small_cnn(), batches()
+    # dies on the first pass of the second layer: base 2 + first layer 3 widths × 2 batches
+    calls, loss, stopping = counted_losses(2 + 6)
 
     fresh = profile(m, loss, data, bits=(2, 4, 8), cache=tmp_path / "fresh.json", sensitivity="perturbed")
     assert len(calls) == 2 + 3 * 3 * 2  # the base loss, then 3 layers × 3 widths, over 2 batches
@@ -190,16 +199,9 @@ def test_an_interrupted_perturbed_profile_resumes_where_it_stopped(tmp_path):
 
 def test_an_interrupted_cross_term_pass_resumes_at_its_batch(tmp_path):
     m, data = small_cnn(), batches()
-    calls = []
-
-    def loss(out, y):
-        calls.append(1)
-        return F.cross_entropy(out, y)
-
-    def stopping(out, y):  # dies in the cross pass, on the loss of its second batch
-        if len(calls) == (2 + 3 * 3 * 2) + 2:  # the perturbed losses, then batch 0's loss and Gauss-Newton tail
-            raise KeyboardInterrupt
-        return loss(out, y)
+    # dies in the cross pass, on the loss of its second batch: after the perturbed losses, then
+    # batch 0's loss and Gauss-Newton tail
+    calls, loss, stopping = counted_losses((2 + 3 * 3 * 2) + 2)
 
     fresh = profile(m, loss, data, bits=(2, 4, 8), cache=tmp_path / "fresh.json", sensitivity="perturbed_cross")
     assert len(calls) == 2 + 3 * 3 * 2 + 2 * 2
