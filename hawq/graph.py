@@ -49,11 +49,12 @@ class LayerGraph:
 
     def only(self, keep: set[str]) -> "LayerGraph":
         """The graph of the layers in `keep`; groups and residual ties keep their members in it
-        (and only those still joining two or more layers)."""
+        (and only those still joining two or more layers); the Conv2d and Linear layers left out
+        are `skipped` (an embedding left out is simply not quantized)."""
         def cut(groups):
             return tuple(g2 for g in groups for g2 in [tuple(n for n in g if n in keep)] if len(g2) > 1)
         return LayerGraph(tuple(l for l in self.layers if l.name in keep), cut(self.groups), cut(self.residual),
-                          tuple(n for n in self.names if n not in keep))
+                          tuple(l.name for l in self.layers if l.name not in keep and l.kind not in EMBEDDING_KINDS))
 
 
 def match_layers(key: str, names: Sequence[str], what: str, where: str = "the profile") -> list[str]:
@@ -86,10 +87,7 @@ def select_layers(graph: LayerGraph, layers: str | Iterable[str] | None, exclude
     keep = include - drop
     if not keep:
         raise ConfigError(f"layers={layers!r} and exclude={exclude!r} leave no layer to profile")
-    if keep == set(names):
-        return graph
-    out = graph.only(keep)
-    return LayerGraph(out.layers, out.groups, out.residual, tuple(n for n in out.skipped if n not in embeddings))
+    return graph if keep == set(names) else graph.only(keep)
 
 
 def layer_keys(patterns: str | Iterable[str]) -> list[str]:
