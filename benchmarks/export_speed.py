@@ -10,18 +10,19 @@ Prints one JSON line per model, variant and target:
 - the embedded default is hawq.load_default_model() with its calibration images; resnet18 and
   mobilenet_v2 are torchvision's with random weights (seed 0) and N(0, 1) inputs at --res;
 - fp32: the float model exported as is (opset 21); w8a8: every layer W8A8; mixed: the Hessian plan
-  at the size of uniform 4-bit weights over {2, 4, 8} bits (first/last layers pinned to 8; profiled
-  on 2 batches of 8 at 64x64 for the torchvision models, on the calibration images for the default);
-- both quantized variants use hawq.quantize(..., quantize_outputs=True) (conv outputs feeding adds
-  or pooling quantized too, so ONNX Runtime runs every 8-bit conv as QLinearConv); the tensorrt
-  target legalises the same model (symmetric activations from the same calibrated ranges, 2-bit
-  and INT4-conv layers promoted to INT8: `promoted_layers`); every export is verified
-  (hawq.export_onnx) before timing;
+  solved per target among what it runs (SolveSpec(target=...)) over {2, 4, 8} bits, at the size of
+  the target's uniform 4-bit plan (on tensorrt convs run only at 8 bits, so that plan has W8A8 convs
+  and INT4 weight-only Linears); first/last layers pinned to 8; profiled once per model on 2
+  batches of 8 at 64x64 for the torchvision models, on the calibration images for the default;
+- both quantized variants use hawq.quantize(..., quantize_outputs=True, target=...) (conv outputs
+  feeding adds or pooling quantized too, so ONNX Runtime runs every 8-bit conv as QLinearConv;
+  tensorrt: symmetric activations); `promoted_layers` and `changes` count what the legaliser still
+  changed (none expected); every export is verified (hawq.export_onnx) before timing;
 - weight_bytes: what the file spends on the quantized layers' weights (codes + scales + zero
   points; fp32: their float initializers); plan_weight_bytes: the plan's packed size (each layer's
   weights in the smallest ONNX container for its planned bits) plus one float32 scale per output
   channel (fp32: 4 bytes a weight); legal_plan_weight_bytes: the same for the plan as the target's
-  legaliser changed it (tensorrt promotes 2-bit and INT4-conv layers to INT8; equal for ort);
+  legaliser left it (equal to plan_weight_bytes when nothing was promoted);
 - int8: the ort target's scheme for 8-bit weights behind 8-bit inputs (hawq.legalize.ORT_INT8):
   one ort file per scheme in --int8 (u8u8, the default, UINT8 + 128; reduce-range, 7-bit codes in
   INT8; both exact on every CPU); null for tensorrt and fp32;
@@ -68,12 +69,18 @@ def load(name: str, res: int):
     return model, batches, prof, torch.randn(1, 3, res, res, generator=g)
 
 
-def plans(model, prof_batches, omega_trace: str = "upper") -> dict[str, dict]:
-    names = trace_layers(model, prof_batches[0][0]).names
-    prof = hawq.profile(model, F.cross_entropy, prof_batches, bits=(2, 4, 8), max_probes=8, min_probes=4, rel_tol=0.2,
+def profile_of(model, prof_batches, omega_trace: str = "upper") -> hawq.Profile:
+    return hawq.profile(model, F.cross_entropy, prof_batches, bits=(2, 4, 8), max_probes=8, min_probes=4, rel_tol=0.2,
                         omega_trace=omega_trace)
-    mixed = hawq.solve(prof, hawq.Budget(megabytes=hawq.uniform_plan(prof, 4).weight_bytes / 1e6), spec=hawq.SolveSpec(bits=(2, 4, 8)))
-    return {"w8a8": {n: (8, 8) for n in names}, "mixed": dict(mixed.assignment())}
+
+
+def plans(prof: hawq.Profile, target: str) -> dict[str, hawq.Plan]:
+    """W8A8, and the plan solved among what `target` runs at the size of its uniform 4-bit plan
+    (the uniform plan as the target runs it: on tensorrt, convs at W8A8 and 4-bit Linears INT4
+    weight-only)."""
+    spec = hawq.SolveSpec(bits=(2, 4, 8), target=target)
+    budget = hawq.Budget(megabytes=hawq.uniform_plan(prof, 4, spec).weight_bytes / 1e6)
+    return {"w8a8": hawq.uniform_plan(prof, 8, hawq.SolveSpec(target=target)), "mixed": hawq.solve(prof, budget, spec)}
 
 
 def fp32_file(model, x, path: Path) -> tuple[int, int, int]:
@@ -151,33 +158,36 @@ def main() -> None:
             model_rows.append({"model": name, "variant": "fp32", "target": target, "int8": None, "path": fp32,
                                "file_bytes": file_bytes,
                                "weight_bytes": stored, "plan_weight_bytes": params4, "legal_plan_weight_bytes": params4})
-        for variant, plan in plans(model, prof_batches, a.omega_trace).items():
-            qmodel = hawq.quantize(model, plan, batches, quantize_outputs=True)  # legalised per target below
-            for target, int8 in exports:
-                path = out / f"{name}_{variant}_{target}{'' if int8 in (None, ORT_INT8[0]) else '-' + int8}.onnx"
-                t0 = time.time()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", hawq.LegalizationWarning)  # the report lists the changes
-                    rep = hawq.export_onnx(qmodel, x, path, target=target, verify_inputs=[b[0] for b in batches],
-                                           int8=int8 or ORT_INT8[0])
-                export_s = time.time() - t0
-                path.with_suffix(".verify.json").write_text((path.parent / "verify.json").read_text())
-                v = rep.verification
-                kernels: dict[str, int] = {}
-                for l in rep.layers:
-                    kernels[l.ort_kernel] = kernels.get(l.ort_kernel, 0) + 1
-                paths.append(path)
-                model_rows.append({
-                    "model": name, "variant": variant, "target": target, "int8": int8, "path": path,
-                    "file_bytes": rep.file_bytes,
-                    "weight_bytes": rep.weight_bytes + rep.scale_bytes, "plan_weight_bytes": plan_bytes(qmodel),
-                    "legal_plan_weight_bytes": rep.packed_weight_bytes + 4 * channels(qmodel),
-                    "opset": rep.opset, "promoted_layers": sorted({c.layer for c in rep.changes if c.what == "weight_bits"}),
-                    "cosine": round(v.cosine, 6), "top1_agreement": v.top1_agreement,
-                    "frac_off_by_more_than_1_step": v.frac_off_by_more_than_1_step,
-                    "float32_frac_off_by_more_than_1_step": v.float32_frac_off_by_more_than_1_step,
-                    "plan_cosine": None if v.plan_cosine is None else round(v.plan_cosine, 6),
-                    "kernels": kernels, "export_s": round(export_s, 1)})
+        prof = profile_of(model, prof_batches, a.omega_trace)
+        for target in a.targets.split(","):
+            for variant, plan in plans(prof, target).items():
+                qmodel = hawq.quantize(model, plan, batches, quantize_outputs=True, target=hawq.Target(target))
+                for int8 in [s for t, s in exports if t == target]:
+                    path = out / f"{name}_{variant}_{target}{'' if int8 in (None, ORT_INT8[0]) else '-' + int8}.onnx"
+                    t0 = time.time()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", hawq.LegalizationWarning)  # the report lists the changes
+                        rep = hawq.export_onnx(qmodel, x, path, target=target, verify_inputs=[b[0] for b in batches],
+                                               int8=int8 or ORT_INT8[0])
+                    export_s = time.time() - t0
+                    path.with_suffix(".verify.json").write_text((path.parent / "verify.json").read_text())
+                    v = rep.verification
+                    kernels: dict[str, int] = {}
+                    for l in rep.layers:
+                        kernels[l.ort_kernel] = kernels.get(l.ort_kernel, 0) + 1
+                    paths.append(path)
+                    model_rows.append({
+                        "model": name, "variant": variant, "target": target, "int8": int8, "path": path,
+                        "file_bytes": rep.file_bytes, "plan_avg_bits": round(plan.avg_bits, 4),
+                        "weight_bytes": rep.weight_bytes + rep.scale_bytes, "plan_weight_bytes": plan_bytes(qmodel),
+                        "legal_plan_weight_bytes": rep.packed_weight_bytes + 4 * channels(qmodel),
+                        "opset": rep.opset, "promoted_layers": sorted({c.layer for c in rep.changes if c.what == "weight_bits"}),
+                        "changes": len(rep.changes),
+                        "cosine": round(v.cosine, 6), "top1_agreement": v.top1_agreement,
+                        "frac_off_by_more_than_1_step": v.frac_off_by_more_than_1_step,
+                        "float32_frac_off_by_more_than_1_step": v.float32_frac_off_by_more_than_1_step,
+                        "plan_cosine": None if v.plan_cosine is None else round(v.plan_cosine, 6),
+                        "kernels": kernels, "export_s": round(export_s, 1)})
         ms = median_ms(paths, x, a.threads, a.repeats)
         timed = {p: m for p, m in zip(paths, ms)}
         for r in model_rows:

@@ -76,7 +76,7 @@ def _spec(a, prof: hawq.Profile, latency=None) -> hawq.SolveSpec:
     if a.pin:
         pins = {**({} if pins == {} else hawq.default_pins(prof)), **dict(a.pin)}
     return hawq.SolveSpec(bits=a.bits, a_bits=a.a_bits, pins=pins, ties=_ties(a), latency=latency, solver=a.solver,
-                          time_limit=getattr(a, "time_limit", None))
+                          time_limit=getattr(a, "time_limit", None), target=a.target)
 
 
 def _recipe(path: str | None) -> hawq.Recipe:
@@ -331,6 +331,9 @@ def _candidate_options(s: argparse.ArgumentParser) -> None:
                    help="layers whose outputs meet at a residual add get the same bits (one requantizer at the add)")
     s.add_argument("--solver", choices=["auto", "highs", "cbc"], default="auto",
                    help="MIP solver (default auto: CBC up to 300 free layers, HiGHS beyond if highspy is installed)")
+    s.add_argument("--target", choices=TARGETS,
+                   help="choose each layer among what this runtime runs, so the export changes nothing (tensorrt: "
+                        "convs at W8A8, 3-4-bit Linears as INT4 weight-only, no INT2); default: any")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -29,6 +29,10 @@ ort (ONNX Runtime CPU/CUDA; facts checked on onnxruntime 1.31-1.32):
     into QLinearConv/QGemm, which reject INT2, and the model fails to load ("Type 'tensor(int2)'
     of input parameter ... of operator (QLinearConv) ... is invalid"). The same is done for INT2
     float-input Linear weights whose N is not a multiple of 4: MatMulNBits computes them wrongly.
+A plan solved for its target (SolveSpec(target=...), which takes each layer's candidates from
+hawq.target.runs_as, the rules below) needs no weight change here; the rules stay for models
+quantized from plans made for any runtime, and each change they make is reported.
+
 tensorrt (TensorRT explicit quantization; from NVIDIA's docs and the onnx-tensorrt parser):
   - symmetric only: every zero point 0; activations signed int8 per tensor (unsigned calibrated
     ranges are re-expressed symmetrically from the same calibrated min/max);
@@ -50,13 +54,12 @@ from . import quant
 from .errors import ConfigError
 from .graph import EMBEDDING_KINDS, set_module
 from .rewrite import WEIGHT_ONLY, QuantLayer, quant_layers, reduced_code_bits
-from .target import ORT_INT8, TARGETS
+from .target import ORT_INT8, TARGETS, TRT_INT4_BLOCKS, trt_int4_problem
 
 BASE_OPSET = 21  # INT4/INT16 QuantizeLinear/DequantizeLinear and blocked scales
 INT2_OPSET = 25
 CONTAINER_BITS = {"INT2": 2, "INT4": 4, "INT8": 8, "UINT8": 8, "INT16": 16}
 U8_WEIGHT_ZERO_POINT = 128
-TRT_INT4_BLOCKS = (128, 64)  # block sizes TensorRT takes for INT4 weights
 
 
 class LegalizationWarning(UserWarning):
@@ -229,7 +232,7 @@ def _tensorrt_layer(name: str, layer: QuantLayer, out: Legalized) -> tuple[Quant
             layer = _rebuild(layer, 8, layer.a_bits)
         return layer, _embedding_spec(name, layer, "INT8"), changes
     if 2 <= bits <= 4:
-        why = _trt_int4_problem(layer)
+        why = trt_int4_problem(kind, tuple(layer.fp.weight.shape), bits)
         if why is None:  # INT4 weight-only MatMul with block scales
             if not layer.weight_only:
                 changes.append(Change(name, "weight_only", f"A{layer.a_bits}", "float input",
@@ -265,20 +268,6 @@ def _tensorrt_layer(name: str, layer: QuantLayer, out: Legalized) -> tuple[Quant
     weight = WeightSpec(bits, "INT8", "OI")
     bias = None if layer.fp.bias is None else "float"
     return layer, LayerSpec(name, kind, weight, act, bias, out=_out(layer)), changes
-
-
-def _trt_int4_problem(layer: QuantLayer) -> str | None:
-    """Why this 2-4-bit layer cannot be a TensorRT INT4 weight, or None if it can."""
-    if layer.w_bits == 2:
-        return "TensorRT has no INT2"
-    if not isinstance(layer.fp, nn.Linear):
-        return "TensorRT takes INT4 only as weight-only MatMul/Gemm weights, not Conv"
-    n, k = layer.fp.weight.shape
-    if k % min(TRT_INT4_BLOCKS):
-        return f"TensorRT INT4 needs block scales of {' or '.join(map(str, TRT_INT4_BLOCKS))} along K; K={k}"
-    if n % 2:
-        return f"TensorRT INT4 needs an even last dimension to pack; N={n}"
-    return None
 
 
 # ----------------------------------------------------------------------------------------- shared

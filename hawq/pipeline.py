@@ -124,9 +124,10 @@ def load_data(recipe: Recipe):
 
 
 def recipe_spec(recipe: Recipe) -> SolveSpec:
-    """What the recipe lets the solver choose: its candidate widths, first and last layer pinned
-    to 8 bits unless pin_first_last is off."""
-    return SolveSpec(bits=recipe.candidates, pins=DEFAULT_PINS if recipe.pin_first_last else {})
+    """What the recipe lets the solver choose: its candidate widths as its [export] target runs
+    them (the exported file is the plan), first and last layer pinned to 8 bits unless
+    pin_first_last is off."""
+    return SolveSpec(bits=recipe.candidates, pins=DEFAULT_PINS if recipe.pin_first_last else {}, target=recipe.target)
 
 
 def budget_plans(prof: Profile, recipe: Recipe, solve_fn=solve) -> list[tuple[float | None, Plan | None, Plan]]:

@@ -1,16 +1,24 @@
 """The runtime a quantized model is made for. `quantize` takes it, so the fake-quant arithmetic,
 its calibration and the accuracy hawq reports are those the runtime computes; the exporter then
-legalises for the same target and only checks what quantize already did."""
+legalises for the same target and only checks what quantize already did.
+
+`runs_as` says, per layer, which (w_bits, a_bits) the runtime runs when asked for another: the
+solver takes the target's candidates from it before solving (SolveSpec(target=...)), so a plan
+never needs changing afterwards; the legaliser applies the same rules to models quantized from
+plans made without a target."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .graph import EMBEDDING_KINDS
+from .quant import WEIGHT_ONLY
 
 TARGETS = ("ort", "tensorrt")
 # how ort stores 8-bit weights that u8×s8 kernels without VNNI would saturate on (see hawq.legalize)
 ORT_INT8 = ("u8u8", "reduce-range", "s8-vnni")  # the first is the default (benchmarks/ort_int8.py)
+TRT_INT4_BLOCKS = (128, 64)  # block sizes TensorRT takes for INT4 weights
 
 
 @dataclass(frozen=True)
@@ -59,3 +67,66 @@ class Target:
         if isinstance(value, dict) and set(value) <= {"name", "int8"}:
             return cls(**value)
         raise ConfigError(f"target must be one of {', '.join(TARGETS)} or a hawq Target, not {value!r}")
+
+
+def trt_int4_problem(kind: str, weight_shape: tuple[int, ...], w_bits: int) -> str | None:
+    """Why TensorRT cannot run this 2-4-bit layer as an INT4 weight, or None if it can (INT4 is
+    weight-only, block-wise along K, on MatMul/Gemm only).
+
+    kind: the layer's class name ("Conv2d", "Linear", "Embedding").
+    weight_shape: its weight's shape, [N, K] for a Linear.
+    w_bits: the weight width asked for.
+    """
+    if w_bits == 2:
+        return "TensorRT has no INT2"
+    if kind != "Linear":
+        return f"TensorRT takes INT4 only as weight-only MatMul/Gemm weights, not {kind}"
+    n, k = weight_shape[:2]
+    if k % min(TRT_INT4_BLOCKS):
+        return f"TensorRT INT4 needs block scales of {' or '.join(map(str, TRT_INT4_BLOCKS))} along K; K={k}"
+    if n % 2:
+        return f"TensorRT INT4 needs an even last dimension to pack; N={n}"
+    return None
+
+
+def runs_as(target: str, kind: str, weight_shape: tuple[int, ...], cand: tuple[int, int]
+            ) -> tuple[tuple[int, int], str]:
+    """The (w_bits, a_bits) the runtime `target` runs for this layer when asked for `cand`, and why
+    it differs ("" when it is `cand`). ort runs every candidate (2-4-bit convs as DequantizeLinear +
+    float Conv: a storage saving). tensorrt: an embedding table and every conv at INT8; 3-4-bit
+    Linear weights as INT4 weight-only (the input left float); no INT2 or INT16 weights (INT8
+    instead) and no activations above 8 bits; a width below its container's (3 in INT4, 5-7 in
+    INT8) becomes the container's, since it is stored in as many bits.
+
+    target: a name of TARGETS.
+    kind: the layer's class name.
+    weight_shape: its weight's shape.
+    cand: (w_bits, a_bits) asked for; a_bits WEIGHT_ONLY for a float input.
+    """
+    w, a = cand
+    if target == "ort":
+        return cand, ""
+    if kind in EMBEDDING_KINDS:
+        return ((8, a), "" if w == 8 else "TensorRT: an embedding table is INT8 (DequantizeLinear → Gather); "
+                "INT4 weights run only in weight-only MatMul/Gemm")
+    why = []
+    if 2 <= w <= 4:
+        problem = trt_int4_problem(kind, weight_shape, w)
+        if problem is None:
+            if w == 3:
+                why.append("TensorRT stores 3-bit weights as INT4, 4 bits each: the full INT4 range costs nothing more")
+            if a != WEIGHT_ONLY:
+                why.append("TensorRT runs INT4 weights only as weight-only MatMul/Gemm")
+            return (4, WEIGHT_ONLY), "; ".join(why)
+        w = 8
+        why.append(problem)
+    elif 4 < w < 8:
+        why.append(f"TensorRT stores {w}-bit weights as INT8, 8 bits each: the full INT8 range costs nothing more")
+        w = 8
+    elif w > 8:
+        w = 8
+        why.append("TensorRT has no INT16 weights")
+    if 8 < a < WEIGHT_ONLY:
+        a = 8
+        why.append("TensorRT has no INT16 activations")
+    return (w, a), "; ".join(why)

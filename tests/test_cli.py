@@ -103,6 +103,12 @@ def test_user_errors_are_one_line(tiny, capsys, one_line_error, tmp_path):
     capsys.readouterr()
     one_line_error(["solve", str(prof), "--avg-bits", "1", "--out", str(tmp_path / "x.json")], "smallest feasible")
     assert not (tmp_path / "x.json").exists()
+    # tensorrt runs convs at 8 bits only: the ResNet's uniform-4-bit size is below anything it runs
+    one_line_error(["solve", str(prof), "--avg-bits", "4", "--target", "tensorrt", "--out", str(tmp_path / "x.json")],
+                   "smallest feasible", "that tensorrt runs")
+    assert cli.main(["--quiet", "solve", str(prof), "--avg-bits", "8", "--target", "tensorrt",
+                     "--out", str(tmp_path / "t.json")]) == 0
+    assert hawq.Plan.load(tmp_path / "t.json").target == "tensorrt"
     one_line_error(["run", str(tmp_path / "missing.toml")], "not found")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

@@ -390,6 +390,31 @@ def test_tensorrt_int4_linear_is_weight_only_with_block_scales(tmp_path):
     assert report.verification.cosine > 0.99999 and report.verification.top1_agreement == 1.0
 
 
+def test_a_plan_solved_for_tensorrt_exports_unchanged_at_its_size(tmp_path):
+    """SolveSpec(target="tensorrt") → quantize → export: no promotion, no warning, and the file's
+    weights are the plan's bytes; a plan at the uniform-4-bit size of any runtime is promoted at
+    export, to more bytes than it planned."""
+    import hawq
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 64, 3, stride=2), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
+    data = [(torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,))) for _ in range(2)]
+    prof = hawq.profile(net, None, data, (2, 4, 8))
+    spec = hawq.SolveSpec(target="tensorrt")
+    plan = hawq.solve(prof, hawq.Budget(megabytes=hawq.uniform_plan(prof, 4, spec).weight_bytes / 1e6), spec)
+    assert plan.assignment() == {"0": (8, 8), "2": (8, 8), "6": (4, 32), "8": (8, 8)}
+    q = hawq.quantize(net, plan, data, target=Target("tensorrt"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LegalizationWarning)
+        report = export_onnx(q, data[0][0][:1], tmp_path / "trt.onnx", target="tensorrt", verify_inputs=[data[0][0]])
+    assert report.changes == [] and report.weight_bytes == plan.weight_bytes == report.plan_weight_bytes
+    anywhere = hawq.solve(prof, hawq.Budget(megabytes=hawq.uniform_plan(prof, 4).weight_bytes / 1e6), hawq.SolveSpec())
+    with pytest.warns(LegalizationWarning):
+        promoted = export_onnx(hawq.quantize(net, anywhere, data, target=Target("tensorrt")), data[0][0][:1],
+                               tmp_path / "any.onnx", target="tensorrt", verify=False)
+    assert promoted.weight_bytes > anywhere.weight_bytes
+
+
 def test_int16_weights_and_tensorrt_promotions(tmp_path):
     """12-bit weights go to INT16 on ort (2 bytes a weight) and to INT8 on tensorrt; a 4-bit Linear
     with an odd N cannot be packed for TensorRT's INT4 and becomes INT8."""

@@ -157,12 +157,19 @@ def test_smoke_run(path, target, tmp_path, capsys):
     # quantize knew the target: its activations (and the accuracy reported) are already the
     # runtime's, so the legaliser re-derives none of them (TensorRT: symmetric)
     assert not [c for c in v["changes"] if "symmetric" in c["reason"]], v["changes"]
+    # and the plans were solved among what the target runs: no layer is promoted or made weight-only
+    # at export, and the file's weights are the plan's
+    assert not [c for c in v["changes"] if c["what"] in ("weight_bits", "weight_only")], v["changes"]
+    assert v["packed_weight_bytes"] == v["plan_packed_weight_bytes"]
     if s["onnx"]["top1_agreement"] is not None and s["onnx"]["top1_agreement"] < 0.99:  # None: token logits
         # random weights give logits that tie within one output step on every input (resnet50's four
-        # smoke inputs: none with a margin of 2 steps); a flip there must be a sub-step difference
+        # smoke inputs: none with a margin of 2 steps); a flip there must be a sub-step difference, or
+        # ONNX Runtime must be as faithful to the exact (float64) arithmetic as PyTorch's float32 is
+        # (vit_b_16 on tensorrt: float32 alone moves 21% of the outputs by more than a step)
         ver = v["verification"]
         assert ver["decisive_samples"] == 0 or ver["top1_agreement_decisive"] >= 0.99
-        assert ver["max_diff_steps"] <= 1.0
+        assert ver["max_diff_steps"] <= 1.0 or \
+            ver["exact_frac_off_by_more_than_1_step"] <= ver["float32_frac_off_by_more_than_1_step"]
     sess = ort_session(out / "model.onnx")
     if r.family == "hf":  # token ids and a mask, of a batch size and length the file was not traced with
         ids = np.random.default_rng(0).integers(1, 1000, (3, 9))

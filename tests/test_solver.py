@@ -664,3 +664,76 @@ def test_a_huge_finite_budget_limits_nothing(limit):
     profile = small_profile()
     plan = solve(profile, Budget(**limit), spec=SolveSpec(pins={}))
     assert set(plan.assignment().values()) == {(8, 8)} and plan.status == "Optimal"
+
+
+# ------------------------------------------------------------------ candidates a target runs
+
+def kinds_profile(seed: int = 0) -> Profile:
+    """Two convs and three Linears (K a multiple of 64 and N even, the INT4 blocks TensorRT takes,
+    except `fc_odd` with K = 40), Ω falling with the width."""
+    rng = random.Random(seed)
+    shapes = [("conv1", "Conv2d", (16, 3, 3, 3)), ("conv2", "Conv2d", (32, 16, 3, 3)), ("fc1", "Linear", (96, 128)),
+              ("fc_odd", "Linear", (64, 40)), ("fc2", "Linear", (10, 64))]
+    layers = tuple(LayerProfile(name=n, kind=k, weight_shape=s, params=math.prod(s), macs=math.prod(s), trace=1.0,
+                                trace_se=0.0, probes=1, sq_error={}, omega=decreasing_omega(rng, (2, 4, 8)))
+                   for n, k, s in shapes)
+    return Profile(layers=layers, bits=(2, 4, 8), fingerprints={"weights": "w", "data": "d", "settings": "s"})
+
+
+def test_tensorrt_plans_hold_only_what_it_runs_and_are_optimal_among_them():
+    """SolveSpec(target="tensorrt"): convs at W8A8, 4-bit Linears (K % 64 = 0) as INT4 weight-only,
+    no INT2; the ILP's optimum equals brute force over exactly those candidates at every size."""
+    from hawq.target import runs_as
+    prof = kinds_profile()
+    spec = SolveSpec(target="tensorrt", pins={})
+    legal = {"conv1": [(8, 8)], "conv2": [(8, 8)], "fc1": [(4, 32), (8, 8)], "fc_odd": [(8, 8)], "fc2": [(4, 32), (8, 8)]}
+    lo = sum(l.params * min(w for w, _ in legal[l.name]) for l in prof.layers)
+    hi = sum(l.params * 8 for l in prof.layers)
+    for limit in range(lo, hi + 1, (hi - lo) // 7):
+        plan = solve(prof, Budget(megabytes=limit / 8e6), spec)
+        assert plan.target == "tensorrt" and set(plan.candidates) == {(4, 32), (8, 8)}
+        wa = plan.assignment()
+        for l in prof.layers:
+            assert wa[l.name] in legal[l.name] and runs_as("tensorrt", l.kind, l.weight_shape, wa[l.name])[1] == ""
+        best = min(math.fsum(l.omega[c[0]] for l, c in zip(prof.layers, combo))
+                   for combo in itertools.product(*legal.values())
+                   if sum(l.params * c[0] for l, c in zip(prof.layers, combo)) <= limit)
+        assert plan.omega == pytest.approx(best, rel=1e-9, abs=1e-12)
+    # without a target every layer takes every candidate, W2 convs included
+    assert set(solve(prof, Budget(ratio=0.0), SolveSpec(pins={})).assignment().values()) == {(2, 8)}
+
+
+def test_tensorrt_uniform_plan_is_the_one_it_runs_and_sizes_below_it_are_infeasible():
+    prof = kinds_profile()
+    spec = SolveSpec(target="tensorrt", pins={})
+    uni = uniform_plan(prof, 4, spec)
+    assert uni.assignment() == {"conv1": (8, 8), "conv2": (8, 8), "fc1": (4, 32), "fc_odd": (8, 8), "fc2": (4, 32)}
+    assert uniform_plan(prof, 2, spec).assignment() == {n: (8, 8) for n in uni.assignment()}
+    # W2 and W4 differ only on the Linears; W2 runs as W8 everywhere, the same plan as W8, so it is listed once
+    assert [p.label for p in uniform_plans_within(prof, Budget(avg_bits=8), spec)] == ["uniform-w4", "uniform-w8"]
+    with pytest.raises(InfeasibleBudgetError, match=r"smallest feasible budget is megabytes=.* that tensorrt runs"):
+        solve(prof, Budget(megabytes=(uni.weight_bytes - 1) / 1e6), spec)
+    assert solve(prof, Budget(megabytes=uni.weight_bytes / 1e6), spec).assignment() == uni.assignment()
+
+
+def test_tensorrt_pins_and_ties_it_cannot_run_are_refused():
+    prof = kinds_profile()
+    with pytest.raises(ConfigError, match=r"pin conv1=4: tensorrt does not run .* not Conv2d\); pin it to W8"):
+        solve(prof, Budget(avg_bits=8), SolveSpec(target="tensorrt", pins={"conv1": 4}))
+    plan = solve(prof, Budget(avg_bits=8), SolveSpec(target="tensorrt", pins={"fc1": 4}))
+    assert plan.assignment()["fc1"] == (4, 32) and plan.layers[2].pinned
+    # a conv tied to a Linear shares the one candidate both run
+    tied = solve(prof, Budget(avg_bits=8), SolveSpec(target="tensorrt", pins={}, ties=[["conv2", "fc1"]]))
+    assert tied.assignment()["fc1"] == (8, 8)
+    with pytest.raises(ConfigError, match="target=.* must be one of"):
+        SolveSpec(target="tflite")
+
+
+def test_plan_keeps_its_target(tmp_path):
+    plan = solve(kinds_profile(), Budget(avg_bits=6), SolveSpec(target="tensorrt", pins={}))
+    loaded = Plan.load(plan.save(tmp_path / "p.json"))
+    assert loaded == plan and loaded.target == "tensorrt"
+    d = json.loads((tmp_path / "p.json").read_text())
+    with pytest.raises(ArtifactError, match="target"):
+        Plan.from_dict({**d, "target": "tflite"})
+    assert "target" not in solve(kinds_profile(), Budget(avg_bits=6), SolveSpec(pins={})).to_dict()

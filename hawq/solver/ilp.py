@@ -240,7 +240,8 @@ def check_feasible(p: Problem, budget: Budget, caps: Mapping[str, float]) -> Non
                        f"{kind}={ceil_sig(budget.value_at(r, lo, p))!r}")
     if bad:
         raise InfeasibleBudgetError(
-            "; ".join(bad) + f" (every free layer at its cheapest candidate of {fmt_cands(p.cands)}; pinned: "
+            "; ".join(bad) + f" (every free layer at its cheapest candidate of {fmt_cands(p.cands)}"
+            + (f" that {p.target} runs on it" if p.target else "") + f"; pinned: "
             f"{_pinned_text(p)}); raise the budget, add a lower candidate bit width, or pin fewer layers")
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from .. import quant
 from ..artifacts import JsonArtifact, fingerprint_obj
 from ..errors import ArtifactError
+from ..target import TARGETS
 from .sizes import Cand, Pin, is_int
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ class Plan(JsonArtifact):
     cross_omega: the cross-layer part of omega (0 for the additive model).
     float_layers: quantizable layers of the model the profile left out (profile(layers=, exclude=)):
         not in `layers`, kept in float by the rewriter, not counted in the totals.
+    target: the runtime whose candidates each layer chose from (SolveSpec.target), "" for any.
     """
 
     KIND, VERSION = FORMAT, VERSION
@@ -88,6 +90,7 @@ class Plan(JsonArtifact):
     loss_model: str = "additive"
     cross_omega: float = 0.0
     float_layers: tuple[str, ...] = ()
+    target: str = ""
 
     def assignment(self) -> dict[str, tuple[int, int]]:
         """Layer name → (w_bits, a_bits), in profile order."""
@@ -122,6 +125,8 @@ class Plan(JsonArtifact):
             d["guard"] = self.guard
         if self.float_layers:
             d["float_layers"] = list(self.float_layers)
+        if self.target:
+            d["target"] = self.target
         return d
 
     @classmethod
@@ -155,6 +160,7 @@ class Plan(JsonArtifact):
                 guard=guard, solver=_str(d.get("solver", "")),
                 loss_model=_str(d.get("loss_model", "additive")), cross_omega=_float(d.get("cross_omega", 0.0)),
                 float_layers=tuple(_str(n) for n in d.get("float_layers", ())),
+                target=_str(d.get("target", "")),
             )
             _check_consistent(plan, d)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
@@ -247,6 +253,8 @@ def _check_consistent(plan: Plan, d: Mapping[str, Any]) -> None:
     w = plan.constraints.get("weight_bytes", {}).get("value")
     if w is not None and w != total / 8:
         raise ValueError(f"constraints.weight_bytes.value {w} does not match its layers ({total / 8})")
+    if plan.target and plan.target not in TARGETS:
+        raise ValueError(f"target {plan.target!r} is not one of {', '.join(TARGETS)}")
     if plan.loss_model not in LOSS_MODELS:
         raise ValueError(f"loss_model {plan.loss_model!r} is not one of {', '.join(LOSS_MODELS)}")
     if "objective" in d and _float(d["objective"]) != plan.omega:

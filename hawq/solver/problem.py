@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from ..errors import ConfigError, InfeasibleBudgetError
 from .sizes import KB, Cand, Pin, ceil_sig
-from .spec import SolveSpec, act_omegas, candidate_pairs, check_omega, latency_rows, resolve_pins, tie_groups
+from .spec import (SolveSpec, fmt_cands, act_omegas, candidate_pairs, check_omega, latency_rows, resolve_pins, target_candidates,
+                   tie_groups)
 
 if TYPE_CHECKING:
     from ..sensitivity import Profile
@@ -51,6 +52,7 @@ class Problem:
     # (those inside one unit are in `cost`); empty for the additive model
     pairs: dict[tuple[int, int], dict[tuple[int, int], float]] = field(default_factory=dict)
     quadratic: bool = False  # whether cost and pairs hold the profile's cross-layer terms
+    target: str | None = None  # the runtime whose candidates `allowed` holds (SolveSpec.target)
 
     def unit_value(self, chosen: Sequence[Cand], u: int, c: Cand) -> float:
         """The part of the objective that unit u's candidate changes, with u at `c` and every
@@ -98,11 +100,13 @@ def build_problem(profile: Profile, spec: SolveSpec) -> Problem:
     profile: the profiled layers.
     spec: what may be chosen.
     """
-    cands = candidate_pairs(profile, spec.bits, spec.a_bits)
+    asked = candidate_pairs(profile, spec.bits, spec.a_bits)
+    pin_of, pin_allowed, rules = resolve_pins(profile, spec.pins, asked)
+    allowed_of = target_candidates(profile, spec.target, asked, pin_allowed, pin_of)
+    cands = tuple(sorted({c for al in allowed_of.values() for c in al}))
     check_omega(profile, sorted({w for w, _ in cands}))
     act_omega = act_omegas(profile, spec.act_omega, sorted({a for _, a in cands}))
-    lat = latency_rows(profile, spec.latency, cands)
-    pin_of, allowed_of, rules = resolve_pins(profile, spec.pins, cands)
+    lat = latency_rows(profile, spec.latency, allowed_of)
     groups = tie_groups(profile, spec.ties)
     index = {l.name: i for i, l in enumerate(profile.layers)}
     in_group = {n: g for g in groups for n in g}
@@ -115,9 +119,12 @@ def build_problem(profile: Profile, spec: SolveSpec) -> Problem:
             units.append(tuple(index[n] for n in members))
     allowed = []
     for members in units:
-        ok = [c for c in cands if all(c in allowed_of.get(profile.layers[i].name, cands) for i in members)]
+        ok = [c for c in cands if all(c in allowed_of[profile.layers[i].name] for i in members)]
         if not ok:
             names = [profile.layers[i].name for i in members]
+            if spec.target is not None and not any(n in pin_of for n in names):
+                raise ConfigError(f"tied layers {names} have no candidate in common that {spec.target} runs on all of "
+                                  f"them ({ {n: fmt_cands(allowed_of[n]) for n in names} }); untie them")
             raise ConfigError(f"tied layers {names} are pinned to different widths "
                               f"{ {n: pin_of[n] for n in names if n in pin_of} }; pin them alike or untie them")
         allowed.append(tuple(ok))
@@ -134,7 +141,7 @@ def build_problem(profile: Profile, spec: SolveSpec) -> Problem:
         coef["latency_ms"] = tuple(tuple(math.fsum(lat[layers[i].name][c] for i in m) for c in al)
                                    for m, al in zip(units, allowed))
     return Problem(profile, cands, pin_of, rules, groups, tuple(units), tuple(allowed), cost, coef, omega,
-                   sum(l.params for l in layers), lat, pairs, quadratic)
+                   sum(l.params for l in layers), lat, pairs, quadratic, spec.target)
 
 
 def pinned_layers(profile: Profile, spec: SolveSpec) -> dict[str, Pin]:

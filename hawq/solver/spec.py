@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from ..errors import ArtifactError, ConfigError
 from ..graph import match_layers
 from ..quant import WEIGHT_ONLY
+from ..target import TARGETS, runs_as
 from .mip import SOLVERS
 from .sizes import Cand, Pin, is_int
 
@@ -40,6 +41,10 @@ class SolveSpec:
         is installed), "highs" or "cbc"; see mip.solver_backend.
     time_limit: solver wall-clock limit in seconds; None proves optimality. When hit, the best plan
         found comes back with status "Feasible" and its relative gap.
+    target: the runtime the plan is for ("ort" | "tensorrt"), or None for any. Each layer then
+        chooses among what that runtime runs (hawq.target.runs_as): on tensorrt a conv takes W8A8,
+        a 3-4-bit Linear becomes INT4 weight-only (W4A32), INT2 is not offered. The plan is priced
+        as the runtime stores it, and the legaliser changes nothing at export.
     The checks that need no profile run here; those against a profile in problem.build_problem.
     """
 
@@ -51,6 +56,7 @@ class SolveSpec:
     latency: Mapping[str, Mapping[Any, float]] | None = None
     solver: str = "auto"
     time_limit: float | None = None
+    target: str | None = None
 
     def __post_init__(self) -> None:
         if self.bits is not None and (isinstance(self.bits, (str, bytes)) or not isinstance(self.bits, Sequence)
@@ -66,6 +72,8 @@ class SolveSpec:
                               f"names, not {self.ties!r}")
         if self.solver not in SOLVERS:
             raise ConfigError(f"solver={self.solver!r} is not one of {', '.join(SOLVERS)}")
+        if self.target is not None and self.target not in TARGETS:
+            raise ConfigError(f"target={self.target!r} must be one of {', '.join(TARGETS)} or None (any runtime)")
         t = self.time_limit
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
             raise ConfigError(f"time_limit={t!r} must be a positive number of seconds or None")
@@ -188,6 +196,33 @@ def resolve_pins(profile: Profile, pins: Mapping[str, Any] | str, cands: Sequenc
             {n: per_layer[n][1] for n in names if n in per_layer}, given)
 
 
+def target_candidates(profile: Profile, target: str | None, cands: Sequence[Cand],
+                      allowed_of: Mapping[str, Sequence[Cand]], pin_of: Mapping[str, Pin]) -> dict[str, tuple[Cand, ...]]:
+    """Per layer, the candidates it may take: those its pins allow (else `cands`), each replaced by
+    what `target` runs for that layer (hawq.target.runs_as; as given for None). ConfigError where a
+    pin asks for a weight width the target does not run for that layer.
+
+    profile: the layers (kind, weight shape).
+    target: a runtime name, or None.
+    cands: all candidates the spec asks for.
+    allowed_of: layer → the candidates its pin allows (pinned layers only).
+    pin_of: layer → its pin.
+    """
+    out = {}
+    for l in profile.layers:
+        asked = tuple(allowed_of.get(l.name, cands))
+        if target is None:
+            out[l.name] = asked
+            continue
+        runs = {c: runs_as(target, l.kind, l.weight_shape, c) for c in asked}
+        if l.name in pin_of and not any(r[0] == c[0] for c, (r, _) in runs.items()):
+            r, why = runs[asked[0]]
+            raise ConfigError(f"pin {l.name}={pin_of[l.name]!r}: {target} does not run that weight width on this "
+                              f"{l.kind} ({why}); pin it to W{r[0]} or solve without target={target!r}")
+        out[l.name] = tuple(sorted({r for r, _ in runs.values()}))
+    return out
+
+
 def tie_groups(profile: Profile, ties: Sequence[Sequence[str]] | str) -> tuple[tuple[str, ...], ...]:
     """Merge overlapping ties into disjoint groups (≥ 2 layers each), in profile order.
 
@@ -257,12 +292,12 @@ def act_omegas(profile: Profile, act_omega: Mapping[str, Mapping[int, float]] | 
 
 
 def latency_rows(profile: Profile, latency: Mapping[str, Mapping[Any, float]] | None,
-                  cands: Sequence[Cand]) -> dict[str, dict[Cand, float]] | None:
-    """Validated latency table: layer name → {(w, a): ms} for every layer and candidate.
+                  cands: Mapping[str, Sequence[Cand]]) -> dict[str, dict[Cand, float]] | None:
+    """Validated latency table: layer name → {(w, a): ms} for every layer and its candidates.
 
     profile: the layers.
     latency: layer name → {(w_bits, a_bits): milliseconds}, or None.
-    cands: the candidates the table must cover.
+    cands: layer name → the candidates the table must cover for it.
     """
     if latency is None:
         return None
@@ -274,7 +309,7 @@ def latency_rows(profile: Profile, latency: Mapping[str, Mapping[Any, float]] | 
         if not isinstance(row, Mapping):
             raise ConfigError(f"the latency table has no row for layer {l.name}; measure it for this model "
                               "(`hawq latency`)")
-        vals = {c: row.get(c) for c in cands}
+        vals = {c: row.get(c) for c in cands[l.name]}
         bad = [c for c, v in vals.items() if isinstance(v, bool) or not isinstance(v, numbers.Real)
                or not math.isfinite(v) or v < 0]
         if bad:

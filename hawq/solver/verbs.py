@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..errors import ConfigError, InfeasibleBudgetError
+from ..target import runs_as
 from .budget import Budget
 from .ilp import Exclusion, check_feasible, fits, jointly_infeasible, per_layer, solve_checked, solve_ilp
 from .mip import solver_backend
@@ -52,7 +53,7 @@ def make_plan(p: Problem, wa: Mapping[str, Cand], *, caps: Mapping[str, float], 
                 constraints=constraint_records(profile, wa, caps, p.latency),
                 candidates=p.cands, gap=gap, pin_rules=dict(p.pin_rules), solver=solver,
                 loss_model="quadratic" if p.quadratic else "additive", cross_omega=cross,
-                float_layers=profile.skipped)
+                float_layers=profile.skipped, target=p.target or "")
 
 
 def budget_record(budget: Budget, caps: Mapping[str, float]) -> dict[str, Any]:
@@ -175,7 +176,7 @@ def uniform_plan(profile: Profile, w_bits: int, spec: SolveSpec = SolveSpec(), *
         raise ConfigError(f"a_bits={a_bits!r} must be one integer for a uniform plan")
     p = build_problem(profile, replace(_spec(spec), bits=None, a_bits=act_bits(a_bits), act_omega=None, latency=None))
     want = (int(w_bits), int(a_bits))
-    chosen = [want if want in al else next((c for c in al if c[1] == a_bits), al[0]) for al in p.allowed]
+    chosen = [_uniform_choice(p, u, want) for u in range(len(p.units))]
     wa = per_layer(p, chosen)
     label = f"uniform-w{w_bits}" + ("" if a_bits == 8 else f"a{a_bits}")
     plan = make_plan(p, wa, caps={}, budget=None, record={"uniform_w_bits": w_bits, "weight_bytes_limit":
@@ -184,6 +185,25 @@ def uniform_plan(profile: Profile, w_bits: int, spec: SolveSpec = SolveSpec(), *
     if spec.latency is None:
         return plan
     return replace(plan, constraints=constraint_records(profile, wa, {}, spec.latency))
+
+
+def _uniform_choice(p: Problem, u: int, want: Cand) -> Cand:
+    """Unit u's candidate in the uniform plan at `want`: `want`, else what the problem's target
+    runs for it, else the first allowed one with its activation width (a pin), else the first.
+
+    p: the validated problem.
+    u: the unit.
+    want: the uniform (w_bits, a_bits).
+    """
+    al = p.allowed[u]
+    if want in al:
+        return want
+    if p.target is not None:
+        layer = p.profile.layers[p.units[u][0]]
+        runs = runs_as(p.target, layer.kind, layer.weight_shape, want)[0]
+        if runs in al:
+            return runs
+    return next((c for c in al if c[1] == want[1]), al[0])
 
 
 def fixed_plan(profile: Profile, assignment: Mapping[str, Any], *, label: str, spec: SolveSpec = SolveSpec(),
@@ -219,6 +239,7 @@ def uniform_plans_within(profile: Profile, budget: Budget, spec: SolveSpec = Sol
     profile: per-layer params, MACs and Ω(bits).
     budget: the limits to meet.
     spec: as in solve() (act_omega is validated with several activation widths, not used).
+    A plan with the same widths as a wider one (its target runs both alike) is left out.
     """
     p = build_problem(profile, _spec(spec))
     caps = budget.caps(p)
@@ -235,7 +256,9 @@ def uniform_plans_within(profile: Profile, budget: Budget, spec: SolveSpec = Sol
             if all(within(r, sums[r], cap) for r, cap in caps.items()) and \
                     (budget.act_kb is None or act is not None and act["slack"] >= 0):
                 out.append(replace(plan, constraints=records))
-    return out
+    # a target may run two widths alike (tensorrt: W2 convs at W8): keep the wider label of the two
+    last = {tuple(plan.assignment().items()): i for i, plan in enumerate(out)}
+    return [plan for i, plan in enumerate(out) if last[tuple(plan.assignment().items())] == i]
 
 
 def sweep(profile: Profile, spec: SolveSpec = SolveSpec(), *, axis: str = "weight", points: int = 50,
