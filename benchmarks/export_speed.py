@@ -2,7 +2,7 @@
 
     python benchmarks/export_speed.py [--models default,resnet18,mobilenet_v2] [--res 224]
         [--targets ort,tensorrt] [--int8 u8u8,reduce-range] [--threads 1] [--repeats 50]
-        [--out out/export_speed] [--omega-trace upper|mean]
+        [--out out/export_speed] [--omega-trace upper|mean] [--no-latency-table]
 
 Prints one JSON line per model, variant and target:
     {"model", "variant": "fp32"|"w8a8"|"mixed", "target", "int8", "median_ms", "file_bytes",
@@ -29,14 +29,19 @@ Prints one JSON line per model, variant and target:
 - median_ms: batch 1, the same input for all variants, `--repeats` runs after 5 warm-ups, timed
   round-robin over a model's files, in one ONNX Runtime CPU session per file with --threads
   intra-op threads (tensorrt files too: their ONNX Runtime latency says nothing of TensorRT's).
+- table_sum_ms (ort, u8u8 rows): the plan's latency as the per-layer table sums it
+  (hawq.measure_latency at W{2,4,8}A8, batch 1, the same threads; each layer alone, with its own
+  Q/DQ at input and output), the figure a latency_ms budget limits; null elsewhere;
 A last line `{"summary": ...}` checks the targets: W8A8 <= 0.6x FP32 latency on resnet18 (ort, per scheme),
 and weight bytes within 5% of legal_plan_weight_bytes for every variant (the file stores what the
-legalised plan says, packed); `legal_over_plan_bytes` gives legal / requested plan bytes (1 for ort).
+legalised plan says, packed); `legal_over_plan_bytes` gives legal / requested plan bytes (1 for ort);
+`table_sum_over_measured` the per-layer table's sum over the whole file's median latency.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 import warnings
@@ -81,6 +86,13 @@ def plans(prof: hawq.Profile, target: str) -> dict[str, hawq.Plan]:
     spec = hawq.SolveSpec(bits=(2, 4, 8), target=target)
     budget = hawq.Budget(megabytes=hawq.uniform_plan(prof, 4, spec).weight_bytes / 1e6)
     return {"w8a8": hawq.uniform_plan(prof, 8, hawq.SolveSpec(target=target)), "mixed": hawq.solve(prof, budget, spec)}
+
+
+def table_sum(table, plan: hawq.Plan) -> float | None:
+    """The plan's latency as the per-layer table adds it up (each layer timed alone), or None."""
+    if table is None:
+        return None
+    return round(math.fsum(table.ms[l.name][(l.w_bits, l.a_bits)] for l in plan.layers), 3)
 
 
 def fp32_file(model, x, path: Path) -> tuple[int, int, int]:
@@ -137,6 +149,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--out", default="out/export_speed")
+    p.add_argument("--no-latency-table", action="store_true",
+                   help="skip the per-layer latency table (hawq.measure_latency) the quantized ort plans are summed in")
     p.add_argument("--omega-trace", default="upper", choices=("upper", "mean"),
                    help="the trace the mixed plans' Ω uses (hawq.profile's omega_trace)")
     a = p.parse_args()
@@ -159,6 +173,8 @@ def main() -> None:
                                "file_bytes": file_bytes,
                                "weight_bytes": stored, "plan_weight_bytes": params4, "legal_plan_weight_bytes": params4})
         prof = profile_of(model, prof_batches, a.omega_trace)
+        table = None if a.no_latency_table else hawq.measure_latency(
+            model, batches[0][0], [(w, 8) for w in (2, 4, 8)], threads=a.threads, cache=out / f"{name}_latency.json")
         for target in a.targets.split(","):
             for variant, plan in plans(prof, target).items():
                 qmodel = hawq.quantize(model, plan, batches, quantize_outputs=True, target=hawq.Target(target))
@@ -187,7 +203,8 @@ def main() -> None:
                         "frac_off_by_more_than_1_step": v.frac_off_by_more_than_1_step,
                         "float32_frac_off_by_more_than_1_step": v.float32_frac_off_by_more_than_1_step,
                         "plan_cosine": None if v.plan_cosine is None else round(v.plan_cosine, 6),
-                        "kernels": kernels, "export_s": round(export_s, 1)})
+                        "kernels": kernels, "export_s": round(export_s, 1),
+                        "table_sum_ms": table_sum(table, plan) if target == "ort" and int8 == ORT_INT8[0] else None})
         ms = median_ms(paths, x, a.threads, a.repeats)
         timed = {p: m for p, m in zip(paths, ms)}
         for r in model_rows:
@@ -195,7 +212,8 @@ def main() -> None:
                  **{k: v for k, v in r.items() if k not in ("model", "variant", "target", "int8", "path")},
                  "res": None if name == "default" else a.res, "threads": a.threads}
             emit(r)
-    summary = {"w8a8_over_fp32_resnet18_ort": {}, "weight_bytes_within_5pct": {}, "legal_over_plan_bytes": {}}
+    summary = {"w8a8_over_fp32_resnet18_ort": {}, "weight_bytes_within_5pct": {}, "legal_over_plan_bytes": {},
+               "table_sum_over_measured": {}}
     by = {(r["model"], r["variant"], r["target"], r["int8"]): r for r in rows}
     for (model, variant, target, int8), r in by.items():
         if (model, variant, target) == ("resnet18", "w8a8", "ort"):
@@ -206,6 +224,8 @@ def main() -> None:
         ratio = r["weight_bytes"] / r["legal_plan_weight_bytes"]
         summary["weight_bytes_within_5pct"][key] = [round(ratio, 4), abs(ratio - 1) <= 0.05]
         summary["legal_over_plan_bytes"][key] = round(r["legal_plan_weight_bytes"] / r["plan_weight_bytes"], 4)
+        if r.get("table_sum_ms") is not None:
+            summary["table_sum_over_measured"][key] = round(r["table_sum_ms"] / r["median_ms"], 3)
     print(json.dumps({"summary": summary}))
 
 

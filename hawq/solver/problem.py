@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from ..errors import ConfigError, InfeasibleBudgetError
 from .sizes import KB, Cand, Pin, ceil_sig
-from .spec import (SolveSpec, fmt_cands, act_omegas, candidate_pairs, check_omega, latency_rows, resolve_pins, target_candidates,
-                   tie_groups)
+from .spec import (SolveSpec, act_omegas, candidate_pairs, check_omega, fmt_cands, latency_rows, resolve_pins,
+                   target_candidates, tie_groups)
 
 if TYPE_CHECKING:
     from ..sensitivity import Profile
