@@ -727,6 +727,10 @@ def test_tensorrt_pins_and_ties_it_cannot_run_are_refused():
     assert tied.assignment()["fc1"] == (8, 8)
     with pytest.raises(ConfigError, match="target=.* must be one of"):
         SolveSpec(target="tflite")
+    low = dataclasses.replace(prof, bits=(2, 4), layers=tuple(dataclasses.replace(l, omega={2: l.omega[2], 4: l.omega[4]})
+                                                              for l in prof.layers))
+    with pytest.raises(ConfigError, match=r"tensorrt runs some layers only at \[8\] bits.*--bits 2,4,8"):
+        solve(low, Budget(avg_bits=8), SolveSpec(target="tensorrt", pins={}))
 
 
 def test_plan_keeps_its_target(tmp_path):

@@ -104,6 +104,11 @@ def build_problem(profile: Profile, spec: SolveSpec) -> Problem:
     pin_of, pin_allowed, rules = resolve_pins(profile, spec.pins, asked)
     allowed_of = target_candidates(profile, spec.target, asked, pin_allowed, pin_of)
     cands = tuple(sorted({c for al in allowed_of.values() for c in al}))
+    missing = sorted({w for w, _ in cands} - {int(b) for b in profile.bits})
+    if missing:  # only a target's widths can be missing: the asked ones are profiled widths
+        raise ConfigError(f"{spec.target} runs some layers only at {missing} bits, which the profile lacks "
+                          f"(it has {sorted(profile.bits)}); profile with them too, e.g. --bits "
+                          f"{','.join(map(str, sorted({*profile.bits, *missing})))}")
     check_omega(profile, sorted({w for w, _ in cands}))
     act_omega = act_omegas(profile, spec.act_omega, sorted({a for _, a in cands}))
     lat = latency_rows(profile, spec.latency, allowed_of)
