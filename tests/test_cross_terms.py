@@ -79,6 +79,70 @@ def test_quadratic_ilp_matches_brute_force(solver):
     assert feasible >= 60 and differs >= 10, (feasible, differs)
 
 
+def test_quadratic_alternatives_match_brute_force():
+    """Each alternative of the quadratic model is the least Σ Ω + cross terms among the plans that
+    change enough weights against every plan before it (the exclusions, with the solver's start)."""
+    rng = random.Random(91)
+    checked = 0
+    for _ in range(40):
+        base, cand, pins, ties = random_instance(rng)
+        prof = with_interactions(base, rng, density=rng.choice([0.3, 1.0]))
+        budget, limit = random_budget(rng, prof, cand, pins, ties)
+        if quadratic_brute_force(prof, cand, pins, ties, limit) is None:
+            continue
+        plans = S.alternatives(prof, budget, spec=SolveSpec(bits=cand, pins=pins, ties=ties), count=2, min_change=0.2)
+        names, total = prof.names, sum(l.params for l in prof.layers)
+        for i, plan in enumerate(plans[1:], 1):
+            best = None
+            for combo in itertools.product(*[[pins[n]] if n in pins else list(cand) for n in names]):
+                w = dict(zip(names, combo))
+                if any(len({w[n] for n in t}) > 1 for t in ties) or sum(l.params * w[l.name] for l in prof.layers) > limit:
+                    continue
+                if any(sum(l.params for l in prof.layers if w[l.name] != q.assignment()[l.name][0])
+                       < math.ceil(0.2 * total) for q in plans[:i]):
+                    continue
+                obj = math.fsum([l.omega[w[l.name]] for l in prof.layers] + [prof.cross_omega(w)])
+                best = obj if best is None else min(best, obj)
+            scale = max(abs(best), max(max(l.omega.values()) for l in prof.layers))
+            assert abs(plan.omega - best) <= REL_TOL["highs"] * 10 * scale, (i, plan.omega, best)
+            checked += 1
+    assert checked >= 15, checked
+
+
+def test_the_starting_plan_is_feasible_and_no_worse_than_where_it_began():
+    """quadratic.improve only makes moves the limits accept, each lowering the objective."""
+    from hawq.solver.ilp import build_model, fits
+    from hawq.solver.quadratic import improve
+    from hawq.solver.verbs import _checked
+
+    rng = random.Random(5)
+    moved = 0
+    for _ in range(60):
+        base, cand, pins, ties = random_instance(rng)
+        prof = with_interactions(base, rng)
+        budget, _ = random_budget(rng, prof, cand, pins, ties)
+        try:
+            p, caps = _checked(prof, budget, SolveSpec(bits=cand, pins=pins, ties=ties))
+        except InfeasibleBudgetError:
+            continue
+        built = build_model(p, caps, objective=None, cuts=())
+        if built is None or not built.ycol:
+            continue
+        cheapest = [min(range(len(al)), key=lambda k: p.coef["weight_bits"][u][k]) for u, al in enumerate(p.allowed)]
+        ok = lambda idx: fits(p, [al[k] for al, k in zip(p.allowed, idx)], caps)  # noqa: E731
+        if not ok(cheapest):
+            continue
+
+        def value(idx):
+            return math.fsum([built.cost[u][k] for u, k in enumerate(idx)]
+                             + [m[idx[u]][idx[v]] for (u, v), m in built.blocks.items()])
+
+        better = improve(p, built.cost, built.blocks, cheapest, ok)
+        assert ok(better) and value(better) <= value(cheapest) + 1e-12
+        moved += better != cheapest
+    assert moved >= 10, moved
+
+
 def test_cross_terms_steer_the_plan_away_from_compounding_layers():
     """Layers that each tolerate 2 bits but compound when two are at 2 bits: the additive model
     puts two of three at 2 bits (and one at 8), the quadratic one all three at 4."""

@@ -12,19 +12,18 @@ Weight bits and BOPs are integers, so those limits and the feasibility checks ar
 totals under 5e8; above that the limit is tightened by 1e-9 of itself to absorb CBC's tolerance).
 
 A profile with cross-layer terms (sensitivity "perturbed_cross") makes the objective quadratic:
-Σ Ω·x + Σ_{u<v} q_uv(c, d)·x[u,c]·x[v,d]. Each product gets a continuous y[u,v,c,d] ≥ 0 tied to
-the binaries by Σ_d y[u,v,c,d] = x[u,c] and Σ_c y[u,v,c,d] = x[v,d], which forces y = x·x at every
-integer point whatever the signs of q (the usual linearisation of a product of assignments).
+Σ Ω·x + Σ_{u<v} q_uv(c, d)·x[u,c]·x[v,d], linearised exactly by quadratic.py's product columns.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
 
 from ..errors import ConfigError, InfeasibleBudgetError
-from .mip import BACKENDS, LinearModel, SolverCrash, run_cbc, solver_backend
+from .mip import BACKENDS, LinearModel, SolverCrash, _highspy, run_cbc, solver_backend
 from .problem import Problem
+from .quadratic import add_products, improve, residuals, start_values
 from .sizes import FLOAT_TOL, INTEGER_RESOURCES, Cand, ceil_sig, floor_bits, within
 from .spec import fmt_cands
 
@@ -46,10 +45,21 @@ class Exclusion:
     keep_params: int
 
 
+class Built(NamedTuple):
+    """A built model: the neutral model, the column of each x[u, k], and for the quadratic model
+    the product columns, the linear costs and the residual blocks (see quadratic.py)."""
+
+    lp: LinearModel
+    x: dict[tuple[int, int], int]
+    ycol: dict[tuple[int, int, int, int], int]
+    cost: list[list[float]]
+    blocks: dict[tuple[int, int], list[list[float]]]
+
+
 def build_model(p: Problem, caps: Mapping[str, float], *, objective: str | None, cuts: Sequence[Exclusion],
-           phase1: bool = False) -> tuple[LinearModel, dict[tuple[int, int], int]] | None:
-    """Build the one-hot ILP over the free units: (model, column of x[u, k]), or None when a limit
-    is below even its least possible total.
+                phase1: bool = False) -> Built | None:
+    """Build the one-hot ILP over the free units, or None when a limit is below even its least
+    possible total.
 
     The objective is Σ Ω less each unit's least Ω, divided by the largest such difference (Ω spans
     1e-8..1e2). Each limit row has every unit's least value taken out and is scaled to a
@@ -62,29 +72,22 @@ def build_model(p: Problem, caps: Mapping[str, float], *, objective: str | None,
     cuts: plans to stay away from (see Exclusion).
     phase1: minimise the total violation of the rows instead (each row gets a slack ≥ 0): a model
         that is always feasible, with optimum 0 exactly when the real one is feasible.
-    With cross-layer terms (p.pairs) and the Ω objective, a pair of free units adds its product
-    columns y (see the module's docstring); a pair with one unit fixed adds to the other's cost.
-    Each pair's block has its least term taken out (Σ y = 1 per pair) before the common scaling.
+    With cross-layer terms (p.pairs) and the Ω objective, each pair of free units adds its product
+    columns (quadratic.py); a pair with one unit fixed adds to the other's cost.
     """
     n = len(p.units)
     free = [u for u in range(n) if len(p.allowed[u]) > 1]
     cost = [list(row) for row in (p.cost if objective is None else p.coef[objective])]
-    blocks = {} if objective is not None or phase1 else pair_blocks(p, cost)
+    blocks = {} if objective is not None or phase1 else residuals(p, cost)
     base = {u: min(cost[u]) for u in free}
-    least = {key: min(map(min, m)) for key, m in blocks.items()}
     scale = max([c - base[u] for u in free for c in cost[u]]
-                + [t - least[key] for key, m in blocks.items() for row in m for t in row], default=0.0) or 1.0
+                + [abs(t) for m in blocks.values() for row in m for t in row], default=0.0) or 1.0
     lp = LinearModel()
     x = {(u, k): lp.col(0.0 if phase1 else (cost[u][k] - base[u]) / scale)
          for u in free for k in range(len(p.allowed[u]))}
     for u in free:
         lp.row([(x[u, k], 1.0) for k in range(len(p.allowed[u]))], 1.0, 1.0)
-    for (u, v), m in blocks.items():
-        y = [[lp.col((t - least[u, v]) / scale, 0.0, 1.0, False) for t in row] for row in m]
-        for k, row in enumerate(y):
-            lp.row([(j, 1.0) for j in row] + [(x[u, k], -1.0)], 0.0, 0.0)
-        for k2 in range(len(m[0])):
-            lp.row([(row[k2], 1.0) for row in y] + [(x[v, k2], -1.0)], 0.0, 0.0)
+    ycol = add_products(lp, p, x, blocks, scale)
 
     def row(terms: list[tuple[int, float]], rhs: float) -> None:
         if phase1:
@@ -114,27 +117,7 @@ def build_model(p: Problem, caps: Mapping[str, float], *, objective: str | None,
         sc = max(keep, 1)
         row([(x[u, p.allowed[u].index(cut.prev[u])], p.unit_params(u) / sc) for u in free
              if cut.prev[u] in p.allowed[u]], (keep + 0.5) / sc)
-    return lp, x
-
-
-def pair_blocks(p: Problem, cost: list[list[float]]) -> dict[tuple[int, int], list[list[float]]]:
-    """The pair terms of the quadratic objective over the allowed candidates: per pair of free
-    units its matrix [k][k2]; a pair with one fixed unit is added to the free unit's `cost` (in
-    place), a pair of fixed units is a constant and dropped.
-
-    p: the validated problem.
-    cost: per unit and allowed candidate, its Ω (changed in place).
-    """
-    blocks = {}
-    for (u, v), q in p.pairs.items():
-        au, av = p.allowed[u], p.allowed[v]
-        if len(au) > 1 and len(av) > 1:
-            blocks[u, v] = [[q[c[0], d[0]] for d in av] for c in au]
-        elif len(au) > 1:
-            cost[u] = [t + q[c[0], av[0][0]] for t, c in zip(cost[u], au)]
-        elif len(av) > 1:
-            cost[v] = [t + q[au[0][0], d[0]] for t, d in zip(cost[v], av)]
-    return blocks
+    return Built(lp, x, ycol, cost, blocks)
 
 
 def solve_ilp(p: Problem, caps: Mapping[str, float], *, objective: str | None = None, cuts: Sequence[Exclusion] = (),
@@ -152,10 +135,13 @@ def solve_ilp(p: Problem, caps: Mapping[str, float], *, objective: str | None = 
     built = build_model(p, caps, objective=objective, cuts=cuts)
     if built is None:
         return None
-    lp, x = built
+    lp, x = built.lp, built.x
     if not x:
         chosen = [p.allowed[u][0] for u in range(n)]
         return (chosen, "Optimal", 0.0) if fits(p, chosen, caps) and clear_of(p, chosen, cuts) else None
+    if built.ycol:
+        lp.presolve = False
+        lp.start = quadratic_start(p, caps, cuts, built)
     run = BACKENDS[solver_backend(solver, len({u for u, _ in x}), p.quadratic)]
     try:
         res = run(lp, time_limit)
@@ -165,8 +151,8 @@ def solve_ilp(p: Problem, caps: Mapping[str, float], *, objective: str | None = 
         # phase-1 model, which is always feasible, and report anything else.
         phase1 = build_model(p, caps, objective=objective, cuts=cuts, phase1=True)
         assert phase1 is not None
-        check = run_cbc(phase1[0], time_limit)
-        if check.status == "Optimal" and math.fsum(c * v for c, v in zip(phase1[0].cost, check.values)) > 1e-9:
+        check = run_cbc(phase1.lp, time_limit)
+        if check.status == "Optimal" and math.fsum(c * v for c, v in zip(phase1.lp.cost, check.values)) > 1e-9:
             return None
         raise ConfigError("the CBC solver failed on a feasible model; please report this with the profile") from None
     if res.status == "Infeasible":
@@ -176,6 +162,35 @@ def solve_ilp(p: Problem, caps: Mapping[str, float], *, objective: str | None = 
     pick = {u: max(range(len(p.allowed[u])), key=lambda k: res.values[x[u, k]]) for u in {u for u, _ in x}}
     chosen = [p.allowed[u][pick[u]] if u in pick else p.allowed[u][0] for u in range(n)]
     return chosen, res.status, res.gap
+
+
+def quadratic_start(p: Problem, caps: Mapping[str, float], cuts: Sequence[Exclusion], built: Built
+                    ) -> list[float] | None:
+    """A feasible point for the quadratic model to start from: the optimum of its linear part
+    (the residuals left out), improved by quadratic.improve; None when that part has no plan.
+
+    p: the validated problem.
+    caps: resource → limit.
+    cuts: plans to stay away from.
+    built: the quadratic model.
+    """
+    lp, x = built.lp, built.x
+    linear = LinearModel(lp.cost[:len(x)], lp.lower[:len(x)], lp.upper[:len(x)], lp.integer[:len(x)],
+                         [r for r in lp.rows if max(r[0]) < len(x)])  # x's columns come first
+    res = BACKENDS["highs" if _highspy() is not None else "cbc"](linear, None)
+    if res.status != "Optimal":
+        return None
+    free = {u for u, _ in x}
+    first = [max(range(len(al)), key=lambda k: res.values[x[u, k]]) if u in free else 0
+             for u, al in enumerate(p.allowed)]
+
+    def ok(idx: list[int]) -> bool:
+        chosen = [al[k] for al, k in zip(p.allowed, idx)]
+        return fits(p, chosen, caps) and clear_of(p, chosen, cuts)
+
+    if not ok(first):
+        return None
+    return start_values(len(lp.cost), x, built.ycol, improve(p, built.cost, built.blocks, first, ok))
 
 
 def clear_of(p: Problem, chosen: Sequence[Cand], cuts: Sequence[Exclusion]) -> bool:
