@@ -5,6 +5,7 @@
     python benchmarks/solver_scale.py --cross    # the quadratic model (cross-layer terms) only
     python benchmarks/solver_scale.py --cross-profile out/quality/mobilenetv2_fashion_perturbed_cross_profile.json
                                                  # a real quadratic profile (from quality.py): solves and a sweep
+                                                 # (--points N: limits in the sweep, default 10)
 
 Keys: case, layers, candidates, constraints, seconds (wall time of the call, model building and
 CBC included), status ("Optimal" = proven optimal; for a sweep, every point), gap (relative
@@ -140,9 +141,9 @@ def cross_case(shapes: list[tuple[str, int, int]], name: str, seed: int, time_li
             "time_limit": time_limit}
 
 
-def profile_cases(path: str) -> list[dict]:
-    """Solves at 4, 3 and 2.5 average bits and a 10-point frontier sweep on a saved profile
-    (W{2,4,8} × A8, first and last layer at 8 bits, solver "auto")."""
+def profile_cases(path: str, points: int = 10) -> list[dict]:
+    """Solves at 4, 3 and 2.5 average bits and a frontier sweep of `points` limits on a saved
+    profile (W{2,4,8} × A8, first and last layer at 8 bits, solver "auto")."""
     prof = Profile.load(path)
     spec, out = SolveSpec(bits=W_BITS), []
     for avg in (4.0, 3.0, 2.5):
@@ -152,8 +153,8 @@ def profile_cases(path: str) -> list[dict]:
                     "pairs": len(prof.interactions), "seconds": round(time.perf_counter() - t0, 3),
                     "status": plan.status, "solver": plan.solver, "loss_model": plan.loss_model})
     t0 = time.perf_counter()
-    f = pareto(prof, spec, points=10)
-    out.append({"case": "profile-pareto", "profile": path, "layers": len(prof.layers), "points": 10,
+    f = pareto(prof, spec, points=points)
+    out.append({"case": "profile-pareto", "profile": path, "layers": len(prof.layers), "points": points,
                 "pairs": len(prof.interactions), "seconds": round(time.perf_counter() - t0, 3),
                 "status": "/".join(f.settings["statuses"]), "solver": f.settings["solver"]})
     return out
@@ -164,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="only the small cases")
     ap.add_argument("--cross", action="store_true", help="only the quadratic-model cases")
     ap.add_argument("--cross-profile", metavar="PATH", help="only the solves and sweep on this saved profile")
+    ap.add_argument("--points", type=int, default=10, help="limits in the --cross-profile sweep (default 10)")
     a = ap.parse_args(argv)
     if a.cross_profile:
-        for row in profile_cases(a.cross_profile):
+        for row in profile_cases(a.cross_profile, a.points):
             print(json.dumps(row), flush=True)
         return 0
     if a.cross:

@@ -19,7 +19,7 @@ from .graph import fold_bn
 from .rewrite import quantize
 from .finetune import FinetuneResult, ShuffledBatches, finetune, train_split_batches
 from .sensitivity import LayerProfile, Profile, profile
-from .target import Target
+from .target import Target, TargetMismatchWarning
 from .solver import (BUDGET_KINDS, DEFAULT_PINS, Budget, LayerChoice, Plan, SolveSpec, alternatives, default_pins, solve,
                      sweep, uniform_plan, uniform_plans_within)
 from .frontier import Frontier, pareto
@@ -33,7 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FinetuneResult", "ShuffledBatches", "finetune", "train_split_batches",
     "Frontier", "LatencyTable", "write_frontier", "alternatives", "frontier_summary", "guarded_solve", "measure_latency", "pareto", "sweep", "uniform_plans_within",
-    "BUDGET_KINDS", "DEFAULT_PINS", "SolveSpec", "Target", "default_pins",
+    "BUDGET_KINDS", "DEFAULT_PINS", "SolveSpec", "Target", "TargetMismatchWarning", "default_pins",
     "Budget", "ExportReport", "HawqError", "LayerChoice", "LegalizationWarning", "LayerProfile", "Plan", "Profile", "Recipe", "RunResult",
     "QModelFile", "build_arch", "check_output", "load_qmodel", "recipe_arch", "save_qmodel",
     "Objective", "count_samples", "default_recipe", "evaluate", "features", "take", "export_onnx", "fold_bn", "load_data", "load_default_model", "load_model",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from typing import Iterable, Mapping
 
 import torch
@@ -15,7 +16,7 @@ from .batches import forward
 from .cpu import exact_code_bits
 from .errors import ArtifactError, ConfigError, DataError, UnsupportedModelError
 from .graph import EMBEDDINGS, QUANTIZABLE, fold_bn, set_module
-from .target import Target
+from .target import Target, TargetMismatchWarning, mismatch
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +226,10 @@ def quantize(model: nn.Module, plan, data: Iterable, weight_method: str = "mse",
     if hasattr(plan, "assignment") and left:  # a Plan's totals count every layer; a mapping may name a few
         raise ArtifactError(f"the plan leaves {len(left)} quantizable layer(s) of this model out ({', '.join(left[:5])}"
                             "), so its size and label would be wrong; solve again with a profile of this model")
+    why = mismatch(getattr(plan, "target", ""), target.name,
+                   {n: (type(mods[n]).__name__, tuple(mods[n].weight.shape), c) for n, c in assign.items()})
+    if why:
+        warnings.warn(why, TargetMismatchWarning, stacklevel=2)
     for name, m in mods.items():
         if name in assign and not bool(torch.isfinite(m.weight).all()):
             raise DataError(f"layer {name} has non-finite weights (NaN or inf); check the checkpoint")

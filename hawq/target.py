@@ -130,3 +130,32 @@ def runs_as(target: str, kind: str, weight_shape: tuple[int, ...], cand: tuple[i
         a = 8
         why.append("TensorRT has no INT16 activations")
     return (w, a), "; ".join(why)
+
+
+class TargetMismatchWarning(UserWarning):
+    """A plan quantized for another runtime than the one it was solved for."""
+
+
+def mismatch(planned_for: str, target: str, layers: dict[str, tuple[str, tuple[int, ...], tuple[int, int]]]) -> str:
+    """Why a plan solved for `planned_for` ("" for any runtime) does not run as planned on
+    `target`, or "" when it does.
+
+    planned_for: the plan's target (Plan.target).
+    target: the runtime it is quantized for.
+    layers: per layer, (class name, weight shape, (w_bits, a_bits) planned).
+    """
+    if planned_for == target:
+        return ""
+    fix = f"solve again with --target {target} (SolveSpec(target={target!r}))"
+    if planned_for:
+        return (f"the plan was solved for {planned_for} and is quantized for {target}: its sizes and candidates are "
+                f"{planned_for}'s; {fix}")
+    off = [(name, cand, runs_as(target, kind, shape, cand)[0]) for name, (kind, shape, cand) in layers.items()]
+    off = [(name, c, r) for name, c, r in off if r != c]
+    if not off:
+        return ""
+    fmt = lambda c: f"W{c[0]}" + (" weight-only" if c[1] == WEIGHT_ONLY else f"A{c[1]}")  # noqa: E731
+    shown = ", ".join(f"{n} {fmt(c)} → {fmt(r)}" for n, c, r in off[:3])
+    return (f"{target} runs or stores {len(off)} layer(s) of this plan (made without a target) otherwise than "
+            f"planned ({shown}{', …' if len(off) > 3 else ''}): the export promotes them and the file is larger "
+            f"than the plan; {fix}")

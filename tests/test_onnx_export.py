@@ -403,15 +403,23 @@ def test_a_plan_solved_for_tensorrt_exports_unchanged_at_its_size(tmp_path):
     spec = hawq.SolveSpec(target="tensorrt")
     plan = hawq.solve(prof, hawq.Budget(megabytes=hawq.uniform_plan(prof, 4, spec).weight_bytes / 1e6), spec)
     assert plan.assignment() == {"0": (8, 8), "2": (8, 8), "6": (4, 32), "8": (8, 8)}
-    q = hawq.quantize(net, plan, data, target=Target("tensorrt"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", hawq.TargetMismatchWarning)
+        q = hawq.quantize(net, plan, data, target=Target("tensorrt"))
+    with pytest.warns(hawq.TargetMismatchWarning, match="solved for tensorrt and is quantized for ort"):
+        hawq.quantize(net, plan, data, target=Target("ort"))
     with warnings.catch_warnings():
         warnings.simplefilter("error", LegalizationWarning)
         report = export_onnx(q, data[0][0][:1], tmp_path / "trt.onnx", target="tensorrt", verify_inputs=[data[0][0]])
     assert report.changes == [] and report.weight_bytes == plan.weight_bytes == report.plan_weight_bytes
     anywhere = hawq.solve(prof, hawq.Budget(megabytes=hawq.uniform_plan(prof, 4).weight_bytes / 1e6), hawq.SolveSpec())
+    with pytest.warns(hawq.TargetMismatchWarning, match=r"tensorrt runs or stores \d+ layer\(s\) .* --target tensorrt"):
+        q_any = hawq.quantize(net, anywhere, data, target=Target("tensorrt"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", hawq.TargetMismatchWarning)  # ort runs every candidate
+        hawq.quantize(net, anywhere, data, target=Target("ort"))
     with pytest.warns(LegalizationWarning):
-        promoted = export_onnx(hawq.quantize(net, anywhere, data, target=Target("tensorrt")), data[0][0][:1],
-                               tmp_path / "any.onnx", target="tensorrt", verify=False)
+        promoted = export_onnx(q_any, data[0][0][:1], tmp_path / "any.onnx", target="tensorrt", verify=False)
     assert promoted.weight_bytes > anywhere.weight_bytes
 
 
