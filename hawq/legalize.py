@@ -30,8 +30,10 @@ ort (ONNX Runtime CPU/CUDA; facts checked on onnxruntime 1.31-1.32):
     of input parameter ... of operator (QLinearConv) ... is invalid"). The same is done for INT2
     float-input Linear weights whose N is not a multiple of 4: MatMulNBits computes them wrongly.
 A plan solved for its target (SolveSpec(target=...), which takes each layer's candidates from
-hawq.target.runs_as, the rules below) needs no weight change here; the rules stay for models
-quantized from plans made for any runtime, and each change they make is reported.
+hawq.target.runs_as) needs no weight change here; the rules stay for models quantized from plans
+made for any runtime, and each change they make is reported. TensorRT's width rules are
+hawq.target.trt_accepts, which runs_as also builds on (it adds the containers' rounding the
+solver prices), so the two cannot drift apart.
 
 tensorrt (TensorRT explicit quantization; from NVIDIA's docs and the onnx-tensorrt parser):
   - symmetric only: every zero point 0; activations signed int8 per tensor (unsigned calibrated
@@ -54,7 +56,7 @@ from . import quant
 from .errors import ConfigError
 from .graph import EMBEDDING_KINDS, set_module
 from .rewrite import WEIGHT_ONLY, QuantLayer, quant_layers, reduced_code_bits
-from .target import ORT_INT8, TARGETS, TRT_INT4_BLOCKS, trt_int4_problem
+from .target import ORT_INT8, TARGETS, TRT_INT4_BLOCKS, trt_accepts
 
 BASE_OPSET = 21  # INT4/INT16 QuantizeLinear/DequantizeLinear and blocked scales
 INT2_OPSET = 25
@@ -225,36 +227,27 @@ def _tensorrt_layer(name: str, layer: QuantLayer, out: Legalized) -> tuple[Quant
     changes: list[Change] = []
     kind = type(layer.fp).__name__
     bits = layer.w_bits
+    acc = trt_accepts(kind, tuple(layer.fp.weight.shape), (bits, WEIGHT_ONLY if layer.weight_only else layer.a_bits))
+    if acc.weight:
+        changes.append(Change(name, "weight_bits", f"W{bits}", f"W{acc.w_bits}", acc.weight))
+        layer, bits = _rebuild(layer, acc.w_bits, layer.a_bits), acc.w_bits
     if kind in EMBEDDING_KINDS:
-        if bits != 8:
-            changes.append(Change(name, "weight_bits", f"W{bits}", "W8", "TensorRT: an embedding table is INT8 "
-                                  "(DequantizeLinear → Gather); INT4 weights run only in weight-only MatMul/Gemm"))
-            layer = _rebuild(layer, 8, layer.a_bits)
         return layer, _embedding_spec(name, layer, "INT8"), changes
-    if 2 <= bits <= 4:
-        why = trt_int4_problem(kind, tuple(layer.fp.weight.shape), bits)
-        if why is None:  # INT4 weight-only MatMul with block scales
-            if not layer.weight_only:
-                changes.append(Change(name, "weight_only", f"A{layer.a_bits}", "float input",
-                                      "TensorRT runs INT4 weights only as weight-only MatMul/Gemm"))
-                layer = _rebuild(layer, bits, WEIGHT_ONLY)
-            k = layer.fp.weight.shape[1]
-            block = next(b for b in TRT_INT4_BLOCKS if k % b == 0)
-            spec = LayerSpec(name, kind, WeightSpec(bits, "INT4", "IO", block), None,
-                             None if layer.fp.bias is None else "float",
-                             f"INT4 weight-only, block {block} along K (the per-channel scale repeated)")
-            return layer, spec, changes
-        changes.append(Change(name, "weight_bits", f"W{bits}", "W8", why))
-        layer, bits = _rebuild(layer, 8, layer.a_bits), 8
-    elif bits > 8:
-        changes.append(Change(name, "weight_bits", f"W{bits}", "W8", "TensorRT has no INT16 weights"))
-        layer, bits = _rebuild(layer, 8, layer.a_bits), 8
+    if acc.a_bits == WEIGHT_ONLY and bits <= 4:  # INT4 weight-only MatMul with block scales
+        if acc.weight_only:
+            changes.append(Change(name, "weight_only", f"A{layer.a_bits}", "float input", acc.weight_only))
+            layer = _rebuild(layer, bits, WEIGHT_ONLY)
+        k = layer.fp.weight.shape[1]
+        block = next(b for b in TRT_INT4_BLOCKS if k % b == 0)
+        spec = LayerSpec(name, kind, WeightSpec(bits, "INT4", "IO", block), None,
+                         None if layer.fp.bias is None else "float",
+                         f"INT4 weight-only, block {block} along K (the per-channel scale repeated)")
+        return layer, spec, changes
     act = None
     if not layer.weight_only:
-        a_bits = layer.a_bits
-        if a_bits > 8:
-            changes.append(Change(name, "activation", f"A{a_bits}", "A8", "TensorRT has no INT16 activations"))
-            a_bits = 8
+        a_bits = acc.a_bits
+        if acc.activation:
+            changes.append(Change(name, "activation", f"A{layer.a_bits}", f"A{a_bits}", acc.activation))
         if not layer.a_symmetric or a_bits != layer.a_bits:
             before, before_out = _describe_act(layer), _describe_out(layer)
             layer = _rebuild(layer, bits, a_bits, a_symmetric=True)

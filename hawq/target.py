@@ -2,10 +2,11 @@
 its calibration and the accuracy hawq reports are those the runtime computes; the exporter then
 legalises for the same target and only checks what quantize already did.
 
-`runs_as` says, per layer, which (w_bits, a_bits) the runtime runs when asked for another: the
-solver takes the target's candidates from it before solving (SolveSpec(target=...)), so a plan
-never needs changing afterwards; the legaliser applies the same rules to models quantized from
-plans made without a target."""
+`trt_accepts` says, per layer, what TensorRT runs when asked for a (w_bits, a_bits) it does not:
+the legaliser applies it to models quantized from plans made without a target. `runs_as` is that
+(identity for ort) with each width rounded up to its container, as stored: the solver takes the
+target's candidates from it before solving (SolveSpec(target=...)), so a plan never needs
+changing afterwards."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -89,47 +90,75 @@ def trt_int4_problem(kind: str, weight_shape: tuple[int, ...], w_bits: int) -> s
     return None
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """What TensorRT runs for a layer asked for another (w_bits, a_bits), the widths kept as coded
+    (a 3-bit weight stays 3-bit codes in INT4); each reason is "" where nothing changed.
+
+    w_bits, a_bits: what it runs (a_bits WEIGHT_ONLY: the input left float).
+    weight: why the weight width changed.
+    weight_only: why the input was left float.
+    activation: why the activation width changed.
+    """
+
+    w_bits: int
+    a_bits: int
+    weight: str = ""
+    weight_only: str = ""
+    activation: str = ""
+
+
+def trt_accepts(kind: str, weight_shape: tuple[int, ...], cand: tuple[int, int]) -> Accepted:
+    """What TensorRT runs for this layer when asked for `cand`: an embedding table and every conv
+    at INT8; 2-4-bit Linear weights as INT4 weight-only where trt_int4_problem allows (INT8
+    otherwise); no INT16 weights or activations (8 bits instead). The legaliser applies exactly
+    this; runs_as adds the containers' rounding for pricing.
+
+    kind: the layer's class name.
+    weight_shape: its weight's shape.
+    cand: (w_bits, a_bits) asked for; a_bits WEIGHT_ONLY for a float input.
+    """
+    w, a = cand
+    if kind in EMBEDDING_KINDS:
+        return Accepted(8, a, "" if w == 8 else "TensorRT: an embedding table is INT8 (DequantizeLinear → Gather); "
+                        "INT4 weights run only in weight-only MatMul/Gemm")
+    weight = ""
+    if 2 <= w <= 4:
+        problem = trt_int4_problem(kind, weight_shape, w)
+        if problem is None:
+            return Accepted(w, WEIGHT_ONLY, weight_only="" if a == WEIGHT_ONLY else
+                            "TensorRT runs INT4 weights only as weight-only MatMul/Gemm")
+        w, weight = 8, problem
+    elif w > 8:
+        w, weight = 8, "TensorRT has no INT16 weights"
+    if 8 < a < WEIGHT_ONLY:
+        return Accepted(w, 8, weight, activation="TensorRT has no INT16 activations")
+    return Accepted(w, a, weight)
+
+
 def runs_as(target: str, kind: str, weight_shape: tuple[int, ...], cand: tuple[int, int]
             ) -> tuple[tuple[int, int], str]:
-    """The (w_bits, a_bits) the runtime `target` runs for this layer when asked for `cand`, and why
-    it differs ("" when it is `cand`). ort runs every candidate (2-4-bit convs as DequantizeLinear +
-    float Conv: a storage saving). tensorrt: an embedding table and every conv at INT8; 3-4-bit
-    Linear weights as INT4 weight-only (the input left float); no INT2 or INT16 weights (INT8
-    instead) and no activations above 8 bits; a width below its container's (3 in INT4, 5-7 in
-    INT8) becomes the container's, since it is stored in as many bits.
+    """The (w_bits, a_bits) the runtime `target` runs for this layer when asked for `cand`, as the
+    solver prices it, and why it differs ("" when it is `cand`). ort runs every candidate (2-4-bit
+    convs as DequantizeLinear + float Conv: a storage saving). tensorrt: what trt_accepts says, and
+    a width below its container's (3 in INT4, 5-7 in INT8) becomes the container's, since it is
+    stored in as many bits.
 
     target: a name of TARGETS.
     kind: the layer's class name.
     weight_shape: its weight's shape.
     cand: (w_bits, a_bits) asked for; a_bits WEIGHT_ONLY for a float input.
     """
-    w, a = cand
     if target == "ort":
         return cand, ""
-    if kind in EMBEDDING_KINDS:
-        return ((8, a), "" if w == 8 else "TensorRT: an embedding table is INT8 (DequantizeLinear → Gather); "
-                "INT4 weights run only in weight-only MatMul/Gemm")
-    why = []
-    if 2 <= w <= 4:
-        problem = trt_int4_problem(kind, weight_shape, w)
-        if problem is None:
-            if w == 3:
-                why.append("TensorRT stores 3-bit weights as INT4, 4 bits each: the full INT4 range costs nothing more")
-            if a != WEIGHT_ONLY:
-                why.append("TensorRT runs INT4 weights only as weight-only MatMul/Gemm")
-            return (4, WEIGHT_ONLY), "; ".join(why)
-        w = 8
-        why.append(problem)
+    acc = trt_accepts(kind, weight_shape, cand)
+    w, container = acc.w_bits, ""
+    if w == 3:
+        w, container = 4, "TensorRT stores 3-bit weights as INT4, 4 bits each: the full INT4 range costs nothing more"
     elif 4 < w < 8:
-        why.append(f"TensorRT stores {w}-bit weights as INT8, 8 bits each: the full INT8 range costs nothing more")
-        w = 8
-    elif w > 8:
-        w = 8
-        why.append("TensorRT has no INT16 weights")
-    if 8 < a < WEIGHT_ONLY:
-        a = 8
-        why.append("TensorRT has no INT16 activations")
-    return (w, a), "; ".join(why)
+        w, container = 8, f"TensorRT stores {w}-bit weights as INT8, 8 bits each: the full INT8 range costs nothing more"
+    why = [r for r in (acc.weight, container, acc.weight_only, acc.activation) if r]
+    return (w, acc.a_bits), "; ".join(why)
 
 
 class TargetMismatchWarning(UserWarning):

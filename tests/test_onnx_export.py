@@ -423,6 +423,35 @@ def test_a_plan_solved_for_tensorrt_exports_unchanged_at_its_size(tmp_path):
     assert promoted.weight_bytes > anywhere.weight_bytes
 
 
+def test_the_tensorrt_legaliser_applies_what_the_solver_prices():
+    """legalize(tensorrt) changes each layer to exactly what hawq.target.trt_accepts says (widths as
+    coded), and runs_as, which the solver takes its candidates from, is that with the widths
+    rounded up to their containers: the two cannot drift apart."""
+    from hawq.quant import WEIGHT_ONLY
+    from hawq.target import runs_as, trt_accepts
+    torch.manual_seed(21)
+    net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 9), nn.ReLU(), nn.Linear(9, 96)).eval()
+    cands = [(2, 8), (3, 8), (4, 8), (4, WEIGHT_ONLY), (6, 8), (8, 8), (8, 16), (2, 16), (12, 8), (3, WEIGHT_ONLY)]
+    seen = set()
+    for cand in cands:
+        for plan in ({"0": cand, "2": (8, 8), "4": (8, 8)}, {"0": (8, 8), "2": cand, "4": cand}):
+            qmodel = rewrite.quantize(net, plan, [torch.randn(16, 64)], "minmax")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", LegalizationWarning)
+                legal = legalize(qmodel, "tensorrt")
+            for name, layer in rewrite.quant_layers(legal.model).items():
+                asked = plan[name]
+                acc = trt_accepts("Linear", tuple(layer.fp.weight.shape), asked)
+                got = (layer.w_bits, WEIGHT_ONLY if layer.weight_only else layer.a_bits)
+                assert got == (acc.w_bits, acc.a_bits), (name, asked, got, acc)
+                reasons = {c.what: c.reason for c in legal.changes if c.layer == name and c.what != "activation"}
+                assert reasons.get("weight_bits", "") == acc.weight and reasons.get("weight_only", "") == acc.weight_only
+                container = {3: 4, 5: 8, 6: 8, 7: 8}.get(acc.w_bits, acc.w_bits)
+                assert runs_as("tensorrt", "Linear", tuple(layer.fp.weight.shape), asked)[0] == (container, acc.a_bits)
+                seen.add((acc.w_bits != asked[0], acc.a_bits != asked[1]))
+    assert seen == {(False, False), (True, False), (False, True), (True, True)}, seen
+
+
 def test_int16_weights_and_tensorrt_promotions(tmp_path):
     """12-bit weights go to INT16 on ort (2 bytes a weight) and to INT8 on tensorrt; a 4-bit Linear
     with an odd N cannot be packed for TensorRT's INT4 and becomes INT8."""
@@ -438,7 +467,7 @@ def test_int16_weights_and_tensorrt_promotions(tmp_path):
         trt = export_onnx(qmodel, torch.randn(2, 64), tmp_path / "t.onnx", target="tensorrt", verify=False)
     reasons = {c.layer: c.reason for c in trt.changes if c.what == "weight_bits"}
     assert reasons == {"0": "TensorRT has no INT16 weights", "2": "TensorRT INT4 needs an even last dimension to pack; N=9"}
-    assert [l.weight_type for l in trt.layers] == ["INT8", "INT8"]
+    assert [l.weight_type for l in trt.layers] == ["INT8", "INT8"] and [l.w_bits for l in trt.layers] == [8, 8]
 
 
 # ------------------------------------------------------------------------ ONNX Runtime issue 25526
