@@ -138,7 +138,7 @@ def run_model(name: str, out: Path, n_random: int, log, budgets=BUDGETS, max_pro
         key = tuple(sorted(plan.assignment().items()))
         if key not in evaluated:
             q = quantize_plan(model, plan, batches, qcache)
-            evaluated[key] = (evaluate(q, ev)[0], D.evaluate(q, batches)[1])
+            evaluated[key] = (evaluate(q, ev)[0], evaluate(q, batches)[1])
         return evaluated[key]
 
     def emit(bits: float, method: str, acc: float, loss: float, plan=None, **extra) -> None:
@@ -159,7 +159,7 @@ def run_model(name: str, out: Path, n_random: int, log, budgets=BUDGETS, max_pro
     if (name, 32.0, "fp32") in done:
         print(json.dumps(done[(name, 32.0, "fp32")]), flush=True)
     else:
-        emit(32.0, "fp32", evaluate(model, ev)[0], D.evaluate(model, batches)[1])
+        emit(32.0, "fp32", evaluate(model, ev)[0], evaluate(model, batches)[1])
     def budget_at(bits: float) -> Budget:
         return Budget(megabytes=budget_bytes(sizes(), bits) / 1e6)
 
