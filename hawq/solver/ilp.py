@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
 
 from ..errors import ConfigError, InfeasibleBudgetError
-from .mip import BACKENDS, LinearModel, SolverCrash, _highspy, run_cbc, solver_backend
+from .mip import BACKENDS, LinearModel, SolverCrash, run_cbc, solver_backend
 from .problem import Problem
-from .quadratic import add_products, improve, residuals, start_values
+from .quadratic import add_products, residuals
 from .sizes import FLOAT_TOL, INTEGER_RESOURCES, Cand, ceil_sig, floor_bits, within
 from .spec import fmt_cands
 
@@ -139,9 +139,7 @@ def solve_ilp(p: Problem, caps: Mapping[str, float], *, objective: str | None = 
     if not x:
         chosen = [p.allowed[u][0] for u in range(n)]
         return (chosen, "Optimal", 0.0) if fits(p, chosen, caps) and clear_of(p, chosen, cuts) else None
-    if built.ycol:
-        lp.presolve = False
-        lp.start = quadratic_start(p, caps, cuts, built)
+    lp.presolve = not built.ycol  # see run_highs
     run = BACKENDS[solver_backend(solver, len({u for u, _ in x}), p.quadratic)]
     try:
         res = run(lp, time_limit)
@@ -162,35 +160,6 @@ def solve_ilp(p: Problem, caps: Mapping[str, float], *, objective: str | None = 
     pick = {u: max(range(len(p.allowed[u])), key=lambda k: res.values[x[u, k]]) for u in {u for u, _ in x}}
     chosen = [p.allowed[u][pick[u]] if u in pick else p.allowed[u][0] for u in range(n)]
     return chosen, res.status, res.gap
-
-
-def quadratic_start(p: Problem, caps: Mapping[str, float], cuts: Sequence[Exclusion], built: Built
-                    ) -> list[float] | None:
-    """A feasible point for the quadratic model to start from: the optimum of its linear part
-    (the residuals left out), improved by quadratic.improve; None when that part has no plan.
-
-    p: the validated problem.
-    caps: resource → limit.
-    cuts: plans to stay away from.
-    built: the quadratic model.
-    """
-    lp, x = built.lp, built.x
-    linear = LinearModel(lp.cost[:len(x)], lp.lower[:len(x)], lp.upper[:len(x)], lp.integer[:len(x)],
-                         [r for r in lp.rows if max(r[0]) < len(x)])  # x's columns come first
-    res = BACKENDS["highs" if _highspy() is not None else "cbc"](linear, None)
-    if res.status != "Optimal":
-        return None
-    free = {u for u, _ in x}
-    first = [max(range(len(al)), key=lambda k: res.values[x[u, k]]) if u in free else 0
-             for u, al in enumerate(p.allowed)]
-
-    def ok(idx: list[int]) -> bool:
-        chosen = [al[k] for al, k in zip(p.allowed, idx)]
-        return fits(p, chosen, caps) and clear_of(p, chosen, cuts)
-
-    if not ok(first):
-        return None
-    return start_values(len(lp.cost), x, built.ycol, improve(p, built.cost, built.blocks, first, ok))
 
 
 def clear_of(p: Problem, chosen: Sequence[Cand], cuts: Sequence[Exclusion]) -> bool:

@@ -1,5 +1,5 @@
-"""The quadratic model's part of the ILP: the cross-layer terms as product columns, the rows that
-tie them to the one-hot binaries, and a plan to start the solver from.
+"""The quadratic model's part of the ILP: the cross-layer terms as product columns and the rows
+that tie them to the one-hot binaries.
 
 With cross-layer terms the objective is Σ Ω·x + Σ_{u<v} q_uv(c, d)·x[u,c]·x[v,d]. Per pair of
 free units, the block q is split at each unit's reference candidate (its widest, whose rounding
@@ -14,18 +14,17 @@ which force y = x·x at every integer point whatever the signs of r. This is the
 full assignment linearisation (Σ_d y = x[u, c] and Σ_c y = x[v, d] over every candidate), so its LP
 bound is the same, with (k−1)² columns per pair instead of k².
 
-The solver starts from the optimum of the linear part improved by one- and two-unit moves
-(improve): on MobileNetV2's profile it is the optimum at two of five budgets and within 0.008 of
-the largest layer's Ω range at the others, so what the solver spends is proving it. Products of the limit rows with each binary (the reformulation-linearisation
-technique) closed 60% of the root gap there but made each node slower: 30.1 s against 19.1 s
-over five budgets, so they are not added.
+Tried and dropped, measured on MobileNetV2's profile: starting HiGHS from a near-optimal plan
+(the linear part's optimum improved by one- and two-layer moves) cut five solves from 29.4 s to
+19.1 s, but HiGHS 1.16 then returned plans worse than the optimum as "Optimal" (an alternative at
+4 bits: 0.0499 against 0.0476 without the start); products of the limit rows with each binary
+(the reformulation-linearisation technique) closed 60% of the root gap but made each node
+slower (30.1 s against 19.1 s).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
-
-import numpy as np
+from typing import Sequence
 
 from .mip import LinearModel
 from .problem import Problem
@@ -108,71 +107,3 @@ def add_products(lp: LinearModel, p: Problem, x: dict[tuple[int, int], int], blo
         ycol.update({(u, k, v, k2): j for (k, k2), j in y.items()})
         ycol.update({(v, k2, u, k): j for (k, k2), j in y.items()})
     return ycol
-
-
-def improve(p: Problem, cost: list[list[float]], blocks: dict[tuple[int, int], Block], start: Sequence[int],
-            ok: Callable[[list[int]], bool], rounds: int = 50) -> list[int]:
-    """A better plan near `start` for the quadratic objective: the best improving move of one or
-    two units that `ok` accepts, repeated (a starting point for the solver, not an optimum).
-
-    p: the validated problem.
-    cost, blocks: the linear costs and residuals (residuals()).
-    start: per unit, its candidate index.
-    ok: whether a per-unit choice of candidate indices meets every limit and cut.
-    rounds: most moves made.
-    """
-    free = [u for u in range(len(p.units)) if len(p.allowed[u]) > 1]
-    at = {}
-    for u in free:
-        for k in range(len(p.allowed[u])):
-            at[u, k] = len(at)
-    n = len(at)
-    c = np.array([cost[u][k] for u, k in at])
-    q = np.zeros((n, n))
-    for (u, v), m in blocks.items():
-        for k, row in enumerate(m):
-            for k2, t in enumerate(row):
-                q[at[u, k], at[v, k2]] = q[at[v, k2], at[u, k]] = t
-    keys = list(at)
-    owner = np.array([u for u, _ in keys])
-    chosen = list(start)
-    for _ in range(rounds):
-        z = np.zeros(n)
-        cur = np.array([at[u, chosen[u]] for u in owner])  # per column, its unit's current column
-        z[np.unique(cur)] = 1.0
-        g = c + q @ z  # cost of each column given every other unit's choice
-        delta = g - g[cur]
-        pair = delta[:, None] + delta[None, :] + q - q[:, cur] - q[cur, :] + q[cur][:, cur]
-        pair[owner[:, None] == owner[None, :]] = np.inf
-        np.fill_diagonal(pair, np.inf)
-        moves = [(delta[i], (i,)) for i in range(n) if delta[i] < 0]
-        ii, jj = np.nonzero(np.triu(pair < 0))
-        moves += [(pair[i, j], (i, j)) for i, j in zip(ii, jj)]
-        for _, cols in sorted(moves, key=lambda m: m[0]):
-            trial = list(chosen)
-            for i in cols:
-                u, k = keys[i]
-                trial[u] = k
-            if ok(trial):
-                chosen = trial
-                break
-        else:
-            return chosen
-    return chosen
-
-
-def start_values(n_cols: int, x: dict[tuple[int, int], int], ycol: dict[tuple[int, int, int, int], int],
-                 chosen: Sequence[int]) -> list[float]:
-    """Every column's value at a plan (binaries one-hot, products their binaries' product).
-
-    n_cols: columns in the model.
-    x: (unit, candidate index) → column.
-    ycol: the product columns.
-    chosen: per unit, its candidate index.
-    """
-    values = [0.0] * n_cols
-    for (u, k), j in x.items():
-        values[j] = 1.0 if chosen[u] == k else 0.0
-    for (u, k, v, d), j in ycol.items():
-        values[j] = values[x[u, k]] * values[x[v, d]]
-    return values
