@@ -36,13 +36,14 @@ def with_interactions(prof: Profile, rng: random.Random, density: float = 1.0) -
     return dataclasses.replace(prof, interactions=tuple(its))
 
 
-def quadratic_brute_force(prof: Profile, cand, pins, ties, limit_bits: int):
-    """Least Σ Ω + Σ cross terms over every assignment obeying pins, ties and the bit limit."""
+def quadratic_brute_force(prof: Profile, cand, pins, ties, limit_bits: int, keep=lambda w: True):
+    """Least Σ Ω + Σ cross terms over every assignment obeying pins, ties, the bit limit and `keep`."""
     names = prof.names
     best = None
     for combo in itertools.product(*[[pins[n]] if n in pins else list(cand) for n in names]):
         w = dict(zip(names, combo))
-        if any(len({w[n] for n in t}) > 1 for t in ties) or sum(l.params * w[l.name] for l in prof.layers) > limit_bits:
+        if any(len({w[n] for n in t}) > 1 for t in ties) or sum(l.params * w[l.name] for l in prof.layers) > limit_bits \
+                or not keep(w):
             continue
         obj = math.fsum([l.omega[w[l.name]] for l in prof.layers] + [prof.cross_omega(w)])
         if best is None or obj < best[0]:
@@ -91,18 +92,11 @@ def test_quadratic_alternatives_match_brute_force():
         if quadratic_brute_force(prof, cand, pins, ties, limit) is None:
             continue
         plans = S.alternatives(prof, budget, spec=SolveSpec(bits=cand, pins=pins, ties=ties), count=2, min_change=0.2)
-        names, total = prof.names, sum(l.params for l in prof.layers)
+        total = sum(l.params for l in prof.layers)
         for i, plan in enumerate(plans[1:], 1):
-            best = None
-            for combo in itertools.product(*[[pins[n]] if n in pins else list(cand) for n in names]):
-                w = dict(zip(names, combo))
-                if any(len({w[n] for n in t}) > 1 for t in ties) or sum(l.params * w[l.name] for l in prof.layers) > limit:
-                    continue
-                if any(sum(l.params for l in prof.layers if w[l.name] != q.assignment()[l.name][0])
-                       < math.ceil(0.2 * total) for q in plans[:i]):
-                    continue
-                obj = math.fsum([l.omega[w[l.name]] for l in prof.layers] + [prof.cross_omega(w)])
-                best = obj if best is None else min(best, obj)
+            best = quadratic_brute_force(prof, cand, pins, ties, limit, keep=lambda w: all(
+                sum(l.params for l in prof.layers if w[l.name] != q.assignment()[l.name][0]) >= math.ceil(0.2 * total)
+                for q in plans[:i]))[0]
             scale = max(abs(best), max(max(l.omega.values()) for l in prof.layers))
             assert abs(plan.omega - best) <= REL_TOL["highs"] * 10 * scale, (i, plan.omega, best)
             checked += 1

@@ -6,7 +6,7 @@
     sizes.py    exact size arithmetic (weight bits, BOPs, activation bytes, latency)
     mip.py      a neutral MIP model and its backends (CBC, HiGHS)
     ilp.py      the one-hot ILP, its exclusions and infeasibility messages
-    quadratic.py  the cross-layer terms' product columns and the solver's starting plan
+    quadratic.py  the cross-layer terms' product columns
     plan.py     Plan and its JSON artifact
     verbs.py    solve, alternatives, sweep, uniform_plan, uniform_plans_within, fixed_plan
 """

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from ..errors import ConfigError, InfeasibleBudgetError
 from .mip import BACKENDS, LinearModel, SolverCrash, run_cbc, solver_backend
@@ -45,21 +45,10 @@ class Exclusion:
     keep_params: int
 
 
-class Built(NamedTuple):
-    """A built model: the neutral model, the column of each x[u, k], and for the quadratic model
-    the product columns, the linear costs and the residual blocks (see quadratic.py)."""
-
-    lp: LinearModel
-    x: dict[tuple[int, int], int]
-    ycol: dict[tuple[int, int, int, int], int]
-    cost: list[list[float]]
-    blocks: dict[tuple[int, int], list[list[float]]]
-
-
 def build_model(p: Problem, caps: Mapping[str, float], *, objective: str | None, cuts: Sequence[Exclusion],
-                phase1: bool = False) -> Built | None:
-    """Build the one-hot ILP over the free units, or None when a limit is below even its least
-    possible total.
+                phase1: bool = False) -> tuple[LinearModel, dict[tuple[int, int], int]] | None:
+    """Build the one-hot ILP over the free units: (model, column of x[u, k]), or None when a limit
+    is below even its least possible total.
 
     The objective is Σ Ω less each unit's least Ω, divided by the largest such difference (Ω spans
     1e-8..1e2). Each limit row has every unit's least value taken out and is scaled to a
@@ -73,7 +62,8 @@ def build_model(p: Problem, caps: Mapping[str, float], *, objective: str | None,
     phase1: minimise the total violation of the rows instead (each row gets a slack ≥ 0): a model
         that is always feasible, with optimum 0 exactly when the real one is feasible.
     With cross-layer terms (p.pairs) and the Ω objective, each pair of free units adds its product
-    columns (quadratic.py); a pair with one unit fixed adds to the other's cost.
+    columns (quadratic.py), and HiGHS solves the model without presolve (see run_highs); a pair
+    with one unit fixed adds to the other's cost.
     """
     n = len(p.units)
     free = [u for u in range(n) if len(p.allowed[u]) > 1]
@@ -87,7 +77,7 @@ def build_model(p: Problem, caps: Mapping[str, float], *, objective: str | None,
          for u in free for k in range(len(p.allowed[u]))}
     for u in free:
         lp.row([(x[u, k], 1.0) for k in range(len(p.allowed[u]))], 1.0, 1.0)
-    ycol = add_products(lp, p, x, blocks, scale)
+    lp.presolve = not add_products(lp, p, x, blocks, scale)
 
     def row(terms: list[tuple[int, float]], rhs: float) -> None:
         if phase1:
@@ -117,7 +107,7 @@ def build_model(p: Problem, caps: Mapping[str, float], *, objective: str | None,
         sc = max(keep, 1)
         row([(x[u, p.allowed[u].index(cut.prev[u])], p.unit_params(u) / sc) for u in free
              if cut.prev[u] in p.allowed[u]], (keep + 0.5) / sc)
-    return Built(lp, x, ycol, cost, blocks)
+    return lp, x
 
 
 def solve_ilp(p: Problem, caps: Mapping[str, float], *, objective: str | None = None, cuts: Sequence[Exclusion] = (),
@@ -135,11 +125,10 @@ def solve_ilp(p: Problem, caps: Mapping[str, float], *, objective: str | None = 
     built = build_model(p, caps, objective=objective, cuts=cuts)
     if built is None:
         return None
-    lp, x = built.lp, built.x
+    lp, x = built
     if not x:
         chosen = [p.allowed[u][0] for u in range(n)]
         return (chosen, "Optimal", 0.0) if fits(p, chosen, caps) and clear_of(p, chosen, cuts) else None
-    lp.presolve = not built.ycol  # see run_highs
     run = BACKENDS[solver_backend(solver, len({u for u, _ in x}), p.quadratic)]
     try:
         res = run(lp, time_limit)
@@ -149,8 +138,8 @@ def solve_ilp(p: Problem, caps: Mapping[str, float], *, objective: str | None = 
         # phase-1 model, which is always feasible, and report anything else.
         phase1 = build_model(p, caps, objective=objective, cuts=cuts, phase1=True)
         assert phase1 is not None
-        check = run_cbc(phase1.lp, time_limit)
-        if check.status == "Optimal" and math.fsum(c * v for c, v in zip(phase1.lp.cost, check.values)) > 1e-9:
+        check = run_cbc(phase1[0], time_limit)
+        if check.status == "Optimal" and math.fsum(c * v for c, v in zip(phase1[0].cost, check.values)) > 1e-9:
             return None
         raise ConfigError("the CBC solver failed on a feasible model; please report this with the profile") from None
     if res.status == "Infeasible":

@@ -79,9 +79,9 @@ def residuals(p: Problem, cost: list[list[float]]) -> dict[tuple[int, int], Bloc
 
 
 def add_products(lp: LinearModel, p: Problem, x: dict[tuple[int, int], int], blocks: dict[tuple[int, int], Block],
-                 scale: float) -> dict[tuple[int, int, int, int], int]:
-    """Add each residual's product columns and the rows that tie them to the binaries; the column
-    of x[u,k]·x[v,k2] under both (u, k, v, k2) and (v, k2, u, k).
+                 scale: float) -> int:
+    """Add each residual's product columns and the rows that tie them to the binaries; how many
+    columns were added.
 
     lp: the model (changed in place).
     p: the validated problem.
@@ -89,7 +89,7 @@ def add_products(lp: LinearModel, p: Problem, x: dict[tuple[int, int], int], blo
     blocks: the residuals.
     scale: the objective's common divisor.
     """
-    ycol: dict[tuple[int, int, int, int], int] = {}
+    added = 0
     for (u, v), m in blocks.items():
         ru, rv = reference(p.allowed[u]), reference(p.allowed[v])
         y = {(k, k2): lp.col(t / scale, 0.0, 1.0, False) for k, row in enumerate(m) for k2, t in enumerate(row)
@@ -104,6 +104,5 @@ def add_products(lp: LinearModel, p: Problem, x: dict[tuple[int, int], int], blo
                 lp.row([(j, 1.0) for (_, b), j in y.items() if b == k2] + [(x[v, k2], -1.0)], -math.inf, 0.0)
         lp.row([(j, 1.0) for j in y.values()] + [(x[u, k], -1.0) for k in range(len(m)) if k != ru]
                + [(x[v, k2], -1.0) for k2 in range(len(m[0])) if k2 != rv], -1.0, math.inf)
-        ycol.update({(u, k, v, k2): j for (k, k2), j in y.items()})
-        ycol.update({(v, k2, u, k): j for (k, k2), j in y.items()})
-    return ycol
+        added += len(y)
+    return added
