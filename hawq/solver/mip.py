@@ -177,9 +177,11 @@ def run_highs(lp: LinearModel, time_limit: float | None) -> MipResult:
     if time_limit is not None:
         h.setOptionValue("time_limit", float(time_limit))
     if not lp.presolve:
-        # HiGHS 1.16's MIP presolve returned plans worse than the optimum as "Optimal" on the
-        # quadratic model (MobileNetV2's profile at 3.33 bits: 0.0832 against 0.0811 without it,
-        # with the previous formulation); it reduces nothing on these models, so they go without.
+        # With presolve (and the previous formulation) HiGHS 1.16 returned plans worse than others
+        # that keep the same limits as "Optimal" on the quadratic model (MobileNetV2's profile at
+        # 3.33 bits: 0.0832 against 0.0811; benchmarks/solver_alternatives.py); presolve reduces
+        # nothing on these models, so they go without. Without it the solver is not free of such
+        # answers either (README, "HiGHS does not always prove what it reports").
         h.setOptionValue("presolve", "off")
     m = hs.HighsLp()
     m.num_col_, m.num_row_ = len(lp.cost), len(lp.rows)
