@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Sequence
 
@@ -24,7 +25,7 @@ from .graph import set_module
 from .rewrite import calibrate, quantize
 from .sensitivity import Profile
 from .solver import Budget, Plan, SolveSpec, alternatives, uniform_plans_within
-from .target import Target
+from .target import Target, TargetMismatchWarning
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,11 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Sequence, cache: GuardCach
     wa = plan.assignment()
     for pair in sorted(set(wa.values())):
         if pair not in cache.pairs:
-            cache.pairs[pair] = quantize(model, {n: pair for n in wa}, data, target=cache.target)
+            # every layer at this pair, though only those the plan gives it are taken: the target
+            # may not run the pair on the others, which quantize would warn of (TargetMismatchWarning)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", TargetMismatchWarning)
+                cache.pairs[pair] = quantize(model, {n: pair for n in wa}, data, target=cache.target)
     q = copy.deepcopy(cache.pairs[next(iter(wa.values()))])
     for name, pair in wa.items():
         set_module(q, name, copy.deepcopy(cache.pairs[pair].get_submodule(name)))
