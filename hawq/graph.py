@@ -41,7 +41,7 @@ class LayerGraph:
     layers: tuple[Layer, ...]  # in execution order
     groups: tuple[tuple[str, ...], ...]  # layers reading the same input tensor (size >= 2)
     residual: tuple[tuple[str, ...], ...] = ()  # layers whose outputs meet at one residual add
-    skipped: tuple[str, ...] = ()  # quantizable layers left out by select_layers
+    skipped: tuple[str, ...] = ()  # quantizable layers left out by select_layers or never called
 
     @property
     def names(self) -> list[str]:
@@ -54,7 +54,8 @@ class LayerGraph:
         def cut(groups):
             return tuple(g2 for g in groups for g2 in [tuple(n for n in g if n in keep)] if len(g2) > 1)
         return LayerGraph(tuple(l for l in self.layers if l.name in keep), cut(self.groups), cut(self.residual),
-                          tuple(l.name for l in self.layers if l.name not in keep and l.kind not in EMBEDDING_KINDS))
+                          self.skipped + tuple(l.name for l in self.layers
+                                               if l.name not in keep and l.kind not in EMBEDDING_KINDS))
 
 
 def match_layers(key: str, names: Sequence[str], what: str, where: str = "the profile") -> list[str]:
@@ -147,7 +148,10 @@ def trace_layers(model: nn.Module, example_input, embeddings: bool = False) -> L
     groups = tuple(tuple(g) for g in readers.values() if len(g) > 1)
     rank = {n: i for i, n in enumerate(order)}
     residual = tuple(tuple(sorted(g, key=rank.__getitem__)) for g in residual_adds(model) if all(n in rank for n in g))
-    return LayerGraph(layers, groups, residual)
+    # Conv2d/Linear modules the forward pass never calls (nn.MultiheadAttention reads out_proj's
+    # weight itself): nothing to quantize, so they stay float in every plan, as skipped layers do
+    uncalled = tuple(n for n, m in mods.items() if n not in macs and not isinstance(m, EMBEDDINGS))
+    return LayerGraph(layers, groups, residual, uncalled)
 
 
 def residual_adds(model: nn.Module) -> tuple[tuple[str, ...], ...]:

@@ -284,7 +284,9 @@ def profile(
     `layers` / `exclude`: names or regular expressions (matched whole) of the Conv2d/Linear layers
     to profile, and of those to leave out (a classifier head, say); the others are not profiled,
     stay in float in every plan made from this profile (`Profile.skipped`), and their weights'
-    gradients are never needed. Default: every Conv2d and Linear layer. An nn.Embedding is
+    gradients are never needed. Default: every Conv2d and Linear layer the forward pass calls (one
+    it never calls, as nn.MultiheadAttention's out_proj, whose weight it reads itself, is skipped
+    too: there is nothing to quantize). An nn.Embedding is
     profiled only when `layers` names it: weight-only (per-row scales; its activation width has
     no effect, its input being token ids).
     """

@@ -241,6 +241,35 @@ def test_dict_batches_with_integer_ids_export_with_dynamic_batch_and_sequence(tm
     assert float(abs(got - want).max()) < 0.05 * float(abs(want).max()) + 1e-3
 
 
+class AttentionClassifier(nn.Module):
+    """nn.MultiheadAttention reads its out_proj weight itself: a Linear the forward never calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        return self.head(self.attn(h, h, h, need_weights=False)[0].mean(1))
+
+
+def test_a_linear_the_forward_never_calls_stays_float_and_the_plan_quantizes():
+    torch.manual_seed(0)
+    model = AttentionClassifier().eval()
+    batches = [(torch.randn(4, 5, 4), torch.randint(0, 3, (4,))) for _ in range(2)]
+    prof = hawq.profile(model, F.cross_entropy, batches, bits=(4, 8), sensitivity="trace", max_probes=4, min_probes=4)
+    assert prof.names == ["embed", "head"] and prof.skipped == ("attn.out_proj",)
+    plan = hawq.uniform_plan(prof, 4, hawq.SolveSpec(pins={}))
+    assert plan.float_layers == ("attn.out_proj",)
+    q = hawq.quantize(model, plan, batches)  # raised "the plan leaves 1 quantizable layer(s) ... out" before
+    assert type(q.head).__name__ == "QuantLayer" and type(q.attn.out_proj) is type(model.attn.out_proj)
+    sub = hawq.profile(model, F.cross_entropy, batches, bits=(4, 8), sensitivity="trace", max_probes=4, min_probes=4,
+                       exclude="head")
+    assert set(sub.skipped) == {"attn.out_proj", "head"}  # a selection keeps the uncalled layer skipped
+
+
 def test_layer_selection_profiles_only_what_is_asked_and_leaves_the_rest_in_float(tmp_path):
     torch.manual_seed(0)
     model = TokenClassifier().eval()
